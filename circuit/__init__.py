@@ -1,0 +1,1 @@
+"""circuit: the library behind circuit-claims (no pytest in here)."""

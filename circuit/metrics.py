@@ -1,0 +1,231 @@
+"""Metrics: how much a model prefers the correct product to a perturbed one.
+
+Three encodings of "the model prefers the right answer", each a per-prompt score (and its mean):
+
+(a) **Seed-compatible logit difference** (:func:`seed_logit_diff`). The source analysis tokenized each
+    answer *with a BOS prepended*, zero-padded correct and incorrect answers to the longest, and read
+    every one of those token slots at the *final prompt position*, averaging ``logit[correct] -
+    logit[incorrect]`` over slots. The BOS and space slots contribute exactly 0, padding slots compare a
+    digit with token 0 (``"!"``), and all slots are read at one position although only the first answer
+    token is predicted there. We reproduce it, quirks included, so the source's numbers can be checked.
+(b) **Teacher-forced log-probability difference** (:func:`teacher_forced_logprob_diff`). The log-prob of
+    the whole correct answer minus that of the incorrect one, each answer token scored after the prompt
+    and the previous answer tokens. It needs the answers in the input: rows ``0..B-1`` of the token
+    batch are ``prompt + correct answer``, rows ``B..2B-1`` are ``prompt + incorrect answer``.
+(c) **First differing token** (:func:`first_token_logit_diff`). Teacher-force the answers' common prefix
+    and read ``logit[correct] - logit[incorrect]`` at the first token where they differ.
+
+Every metric is an :class:`AnswerMetric`: a callable ``logits -> Float[Tensor, "batch"]`` that also
+declares which positions (per row of the token batch) and which vocabulary entries it reads, so that
+the patching engine can compute only those logits. Swapping correct and incorrect negates each metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from circuit.prompts import PromptBatch, tokenize_prompts
+from circuit.task import Problem
+
+__all__ = [
+    "AnswerMetric",
+    "LogitDiffMetric",
+    "LogProbDiffMetric",
+    "MetricInputs",
+    "answer_token_ids",
+    "first_token_logit_diff",
+    "seed_logit_diff",
+    "teacher_forced_logprob_diff",
+]
+
+
+def answer_token_ids(tokenizer: Any, answer: str | int) -> list[int]:
+    """Token ids of an answer such as ``" 7023865200"`` (no BOS). Raises if it is not a number."""
+    text = f" {answer}" if isinstance(answer, int) and not isinstance(answer, bool) else answer
+    if not isinstance(text, str) or not text.strip().isdigit() or text != f" {text.strip()}":
+        raise ValueError(
+            f"Answer {answer!r} is not a number in the task's format (a space then digits, e.g. ' 7023865200'). "
+            f"Pass the product as an int or as ' <digits>'."
+        )
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+class AnswerMetric:
+    """A per-prompt score computed from a few entries of the logits.
+
+    Subclasses set ``positions`` (the positions read, per row of the token batch: ``[row, read]``) and
+    ``vocab`` (the token ids read, or ``None`` for the whole vocabulary), and implement :meth:`score` on
+    the selected logits. ``metric(logits)`` is ``metric.score(metric.select(logits))``.
+    """
+
+    positions: Int[Tensor, "row read"]
+    vocab: Int[Tensor, " v"] | None
+
+    def select(self, logits: Float[Tensor, "row pos d_vocab"]) -> Float[Tensor, "row read v"]:
+        """The logits this metric reads, at ``positions`` and (if set) ``vocab``."""
+        if logits.isnan().any():
+            raise ValueError(f"Logits contain NaN ({int(logits.isnan().sum())} entries): the model diverged; "
+                             f"check the dtype (float32 recommended) and the weights.")
+        positions = self.positions.to(logits.device)
+        if logits.shape[0] != positions.shape[0]:
+            raise ValueError(f"Logits have {logits.shape[0]} rows but the metric reads {positions.shape[0]}.")
+        rows = torch.arange(positions.shape[0], device=logits.device)[:, None]
+        picked = logits[rows, positions]
+        return picked if self.vocab is None else picked[..., self.vocab.to(logits.device)]
+
+    def score(self, selected: Float[Tensor, "row read v"]) -> Float[Tensor, " batch"]:
+        raise NotImplementedError
+
+    def __call__(self, logits: Float[Tensor, "row pos d_vocab"]) -> Float[Tensor, " batch"]:
+        return self.score(self.select(logits))
+
+    def mean(self, logits: Float[Tensor, "row pos d_vocab"]) -> Float[Tensor, ""]:
+        return self(logits).mean()
+
+
+@dataclass(frozen=True, eq=False)
+class LogitDiffMetric(AnswerMetric):
+    """Weighted mean over read slots of ``logit[correct] - logit[incorrect]`` (one row per prompt)."""
+
+    positions: Int[Tensor, "batch read"]
+    correct: Int[Tensor, "batch read"]
+    incorrect: Int[Tensor, "batch read"]
+    weights: Float[Tensor, "batch read"]
+
+    @property
+    def vocab(self) -> Int[Tensor, " v"]:  # type: ignore[override]
+        return torch.unique(torch.cat([self.correct.flatten(), self.incorrect.flatten()]))
+
+    def score(self, selected: Float[Tensor, "batch read v"]) -> Float[Tensor, " batch"]:
+        vocab = self.vocab.to(selected.device)
+        c = torch.searchsorted(vocab, self.correct.to(selected.device))
+        i = torch.searchsorted(vocab, self.incorrect.to(selected.device))
+        diff = selected.gather(-1, c[..., None])[..., 0] - selected.gather(-1, i[..., None])[..., 0]
+        return (diff * self.weights.to(diff)).sum(-1)
+
+    def swapped(self) -> LogitDiffMetric:
+        """The same metric with correct and incorrect exchanged (its value is negated)."""
+        return replace(self, correct=self.incorrect, incorrect=self.correct)
+
+
+@dataclass(frozen=True, eq=False)
+class LogProbDiffMetric(AnswerMetric):
+    """``sum log p(correct tokens) - sum log p(incorrect tokens)``; rows ``[0, B)`` correct, ``[B, 2B)`` not.
+
+    ``positions[r, k]`` is the position whose logits predict ``targets[r, k]``; ``mask`` drops padding.
+    """
+
+    positions: Int[Tensor, "row read"]
+    targets: Int[Tensor, "row read"]
+    mask: Float[Tensor, "row read"]
+    vocab = None
+
+    def score(self, selected: Float[Tensor, "row read d_vocab"]) -> Float[Tensor, " batch"]:
+        logp = selected.log_softmax(-1).gather(-1, self.targets.to(selected.device)[..., None])[..., 0]
+        total = (logp * self.mask.to(logp)).sum(-1)
+        half = total.shape[0] // 2
+        return total[:half] - total[half:]
+
+    def swapped(self) -> LogProbDiffMetric:
+        """The same metric with correct and incorrect exchanged (its value is negated)."""
+        def flip(x: Tensor) -> Tensor:
+            half = x.shape[0] // 2
+            return torch.cat([x[half:], x[:half]])
+
+        return replace(self, positions=flip(self.positions), targets=flip(self.targets), mask=flip(self.mask))
+
+
+@dataclass(frozen=True)
+class MetricInputs:
+    """Tokens to run (clean or corrupted) and the metric that reads their logits."""
+
+    tokens: Int[Tensor, "row pos"]
+    metric: AnswerMetric
+    batch: PromptBatch | None = None
+
+
+def _check_answers(problems: Sequence[Problem], incorrect: Sequence[int]) -> None:
+    if len(problems) != len(incorrect):
+        raise ValueError(f"{len(problems)} problems but {len(incorrect)} incorrect answers.")
+    same = [p.prompt for p, x in zip(problems, incorrect) if p.product == x]
+    if same:
+        raise ValueError(f"The incorrect answer equals the correct product for {same}: use task.perturb().")
+
+
+def seed_logit_diff(
+    tokenizer: Any, batch: PromptBatch, problems: Sequence[Problem], incorrect: Sequence[int]
+) -> LogitDiffMetric:
+    """Metric (a): the source analysis' logit difference, quirks included (see the module docstring)."""
+    _check_answers(problems, incorrect)
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    pairs = [([bos, *answer_token_ids(tokenizer, p.product)], [bos, *answer_token_ids(tokenizer, x)])
+             for p, x in zip(problems, incorrect)]
+    slots = max(max(len(c), len(i)) for c, i in pairs)
+    correct = torch.tensor([c + [0] * (slots - len(c)) for c, _ in pairs])
+    wrong = torch.tensor([i + [0] * (slots - len(i)) for _, i in pairs])
+    positions = batch.final_position[:, None].expand(-1, slots).clone()
+    weights = torch.full(correct.shape, 1.0 / slots)
+    return LogitDiffMetric(positions, correct, wrong, weights)
+
+
+def _teacher_forced_rows(
+    tokenizer: Any, problems: Sequence[Problem], answers: Sequence[Sequence[int]], prepend_bos: bool
+) -> tuple[list[list[int]], list[int]]:
+    batch = tokenize_prompts(tokenizer, [p.prompt for p in problems], prepend_bos=prepend_bos)
+    prompt_len = batch.tokens.shape[1]
+    return [row + list(a) for row, a in zip(batch.tokens.tolist(), answers)], [prompt_len] * len(problems)
+
+
+def teacher_forced_logprob_diff(
+    tokenizer: Any, problems: Sequence[Problem], incorrect: Sequence[int], *, prepend_bos: bool = True
+) -> MetricInputs:
+    """Metric (b): tokens ``[prompt+correct; prompt+incorrect]`` (2B rows, right-padded) and its metric."""
+    _check_answers(problems, incorrect)
+    correct = [answer_token_ids(tokenizer, p.product) for p in problems]
+    wrong = [answer_token_ids(tokenizer, x) for x in incorrect]
+    rows, starts = _teacher_forced_rows(tokenizer, [*problems, *problems], [*correct, *wrong], prepend_bos)
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    reads = max(len(r) - s for r, s in zip(rows, starts))
+    positions = torch.zeros(len(rows), reads, dtype=torch.long)
+    targets = torch.zeros(len(rows), reads, dtype=torch.long)
+    mask = torch.zeros(len(rows), reads)
+    for r, (row, start) in enumerate(zip(rows, starts)):
+        n = len(row) - start
+        positions[r, :n] = torch.arange(start - 1, start - 1 + n)
+        targets[r, :n] = torch.tensor(row[start:])
+        mask[r, :n] = 1.0
+    tokens = torch.tensor([row + [pad] * (width - len(row)) for row in rows])
+    return MetricInputs(tokens, LogProbDiffMetric(positions, targets, mask))
+
+
+def first_token_logit_diff(
+    tokenizer: Any, problems: Sequence[Problem], incorrect: Sequence[int], *, prepend_bos: bool = True
+) -> MetricInputs:
+    """Metric (c): tokens ``prompt + common answer prefix`` (right-padded) and the logit diff at the split."""
+    _check_answers(problems, incorrect)
+    prefixes, firsts = [], []
+    for p, x in zip(problems, incorrect):
+        c, i = answer_token_ids(tokenizer, p.product), answer_token_ids(tokenizer, x)
+        k = 0
+        while k < min(len(c), len(i)) and c[k] == i[k]:
+            k += 1
+        if k == min(len(c), len(i)):
+            raise ValueError(f"Answers {p.answer!r} and ' {x}' differ only in length after a common prefix: "
+                             f"there is no first differing token. Choose another perturbation.")
+        prefixes.append(c[:k])
+        firsts.append((c[k], i[k]))
+    rows, starts = _teacher_forced_rows(tokenizer, problems, prefixes, prepend_bos)
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    tokens = torch.tensor([row + [pad] * (width - len(row)) for row in rows])
+    positions = torch.tensor([[len(row) - 1] for row in rows])
+    correct = torch.tensor([[c] for c, _ in firsts])
+    wrong = torch.tensor([[i] for _, i in firsts])
+    return MetricInputs(tokens, LogitDiffMetric(positions, correct, wrong, torch.ones(len(rows), 1)))

@@ -1,0 +1,3 @@
+"""Root conftest: registers the circuit-claims plugin (fixtures/plugin.py)."""
+
+pytest_plugins = ["fixtures.plugin"]
