@@ -124,21 +124,20 @@ class LogProbDiffMetric(AnswerMetric):
     positions: Int[Tensor, "row read"]
     targets: Int[Tensor, "row read"]
     mask: Float[Tensor, "row read"]
+    correct_first: bool = True
+    """Whether rows ``[0, B)`` hold the correct answer (``swapped()`` flips it)."""
     vocab = None
 
     def score(self, selected: Float[Tensor, "row read d_vocab"]) -> Float[Tensor, " batch"]:
         logp = selected.log_softmax(-1).gather(-1, self.targets.to(selected.device)[..., None])[..., 0]
         total = (logp * self.mask.to(logp)).sum(-1)
         half = total.shape[0] // 2
-        return total[:half] - total[half:]
+        first, second = total[:half], total[half:]
+        return first - second if self.correct_first else second - first
 
     def swapped(self) -> LogProbDiffMetric:
         """The same metric with correct and incorrect exchanged (its value is negated)."""
-        def flip(x: Tensor) -> Tensor:
-            half = x.shape[0] // 2
-            return torch.cat([x[half:], x[:half]])
-
-        return replace(self, positions=flip(self.positions), targets=flip(self.targets), mask=flip(self.mask))
+        return replace(self, correct_first=not self.correct_first)
 
 
 @dataclass(frozen=True)

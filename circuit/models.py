@@ -92,6 +92,11 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
 
 
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else with a separator is meant as a path."""
+    return name.startswith((".", "~", os.sep)) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+
+
 def _not_available(name: str, revision: str | None, cause: BaseException) -> ModelNotAvailableError:
     at = f" at revision {revision!r}" if revision else ""
     how = (
@@ -143,8 +148,7 @@ def load_model(
         hub_kwargs["revision"] = revision
     if not local and _offline():
         hub_kwargs["local_files_only"] = True
-    if not local and Path(name).suffix == "" and ("/" in name and Path(name).parent.exists()):
-        # Looks like a path whose folder is missing, e.g. a typo in a local path.
+    if not local and _looks_like_path(name):
         raise ModelNotAvailableError(
             f"Model {name!r} looks like a local path, but no such folder exists. Check the path, or pass a "
             f"hub id such as 'Qwen/Qwen2.5-0.5B'."
