@@ -62,3 +62,16 @@ def test_reversed_pairing_is_the_source_pairing_and_can_be_degenerate():
     with pytest.raises(CorruptionError, match="same product"):
         check_corruption(clean, corrupt_reversed(clean))
     assert corrupt_same_length(clean, seed=1) == corrupt_same_length(clean, seed=1)
+
+
+def test_left_padded_prompts_give_the_unpadded_final_prediction(test_models):
+    import torch
+
+    model = test_models["test-qwen2-2l"]
+    padded = tokenize_prompts(model.tokenizer, ["12 x 3 =", "123 x 456 ="], padding="left")
+    with torch.no_grad():
+        batched = model.bridge(padded.tokens, attention_mask=padded.attention_mask)
+        for row, prompt in enumerate(padded.prompts):
+            alone = model.bridge(tokenize_prompts(model.tokenizer, [prompt]).tokens)
+            torch.testing.assert_close(batched[row, padded.final_position[row]].softmax(-1),
+                                       alone[0, -1].softmax(-1), atol=1e-6, rtol=0)
