@@ -1,0 +1,225 @@
+"""Figures and tables for the claim report, as self-contained HTML.
+
+A researcher judges a claim by the statistic and by the pictures behind it: patching heatmaps (layer x
+position, layer x head) on a diverging colour scale centred at 0, the logit-lens line, scatter plots of
+one patching effect against another, and the attention patterns of the top heads. Each function here
+takes tensors and returns a matplotlib ``Figure``; :func:`figure_html` turns a figure into an ``<img>``
+whose PNG is embedded as base64, so a report opens offline with nothing fetched.
+
+Figures are built with ``matplotlib.figure.Figure`` directly (no ``pyplot``): no global state, no
+backend switching, nothing changed on import.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+from torch import Tensor
+
+__all__ = [
+    "attention_figure",
+    "figure_html",
+    "figure_png",
+    "heatmap",
+    "line_figure",
+    "scatter_figure",
+    "summary_table",
+]
+
+
+def _numpy(values: Tensor | np.ndarray | Sequence[float]) -> np.ndarray:
+    if isinstance(values, Tensor):
+        return values.detach().float().cpu().numpy()
+    return np.asarray(values, dtype=float)
+
+
+def _ticks(ax, axis: str, labels: Sequence[str] | None, n: int, every: int = 1) -> None:
+    if labels is None:
+        return
+    if len(labels) != n:
+        raise ValueError(f"{len(labels)} {axis} labels for {n} {axis} entries.")
+    positions = list(range(0, n, every))
+    if axis == "x":
+        ax.set_xticks(positions, [labels[i] for i in positions], rotation=90, fontsize=7)
+    else:
+        ax.set_yticks(positions, [labels[i] for i in positions], fontsize=7)
+
+
+def heatmap(
+    values: Float[Tensor, "row col"],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    xticklabels: Sequence[str] | None = None,
+    yticklabels: Sequence[str] | None = None,
+    colorbar_label: str = "",
+    highlight: Sequence[tuple[int, int]] = (),
+) -> Figure:
+    """A heatmap on a diverging colour scale (red-white-blue) centred at 0, with labelled axes.
+
+    ``highlight`` draws a box around the given ``(row, col)`` cells (e.g. the heads a spec names).
+    """
+    data = _numpy(values)
+    if data.ndim != 2:
+        raise ValueError(f"heatmap needs a 2-d array, got shape {data.shape}.")
+    bound = float(np.nanmax(np.abs(data))) if data.size and np.isfinite(data).any() else 1.0
+    bound = bound or 1.0
+    fig = Figure(figsize=(min(12, 2 + 0.45 * data.shape[1]), min(10, 1.8 + 0.3 * data.shape[0])), dpi=90,
+                 layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(data, cmap="RdBu", norm=TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound), aspect="auto",
+                      origin="lower", interpolation="nearest")
+    fig.colorbar(image, ax=ax, label=colorbar_label)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    _ticks(ax, "x", xticklabels, data.shape[1])
+    _ticks(ax, "y", yticklabels, data.shape[0], every=max(1, data.shape[0] // 24))
+    for row, col in highlight:
+        ax.add_patch(_box(row, col))
+    return fig
+
+
+def _box(row: int, col: int):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.5)
+
+
+def line_figure(
+    values: Float[Tensor, " point"] | Mapping[str, Float[Tensor, " point"]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    xticklabels: Sequence[str] | None = None,
+    band: tuple[Float[Tensor, " point"], Float[Tensor, " point"]] | None = None,
+) -> Figure:
+    """A line (or several, from a mapping name -> values), with an optional confidence band."""
+    series = values if isinstance(values, Mapping) else {"": values}
+    fig = Figure(figsize=(8, 3.5), dpi=90, layout="constrained")
+    ax = fig.add_subplot()
+    for name, ys in series.items():
+        ys = _numpy(ys)
+        ax.plot(np.arange(len(ys)), ys, marker="o", markersize=3, label=name or None)
+        n = len(ys)
+    if band is not None:
+        ax.fill_between(np.arange(n), _numpy(band[0]), _numpy(band[1]), alpha=0.25, label="CI")
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    _ticks(ax, "x", xticklabels, n, every=max(1, n // 40))
+    if len(series) > 1 or band is not None:
+        ax.legend(fontsize=8)
+    return fig
+
+
+def scatter_figure(
+    x: Float[Tensor, " point"],
+    y: Float[Tensor, " point"],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    labels: Sequence[str] | None = None,
+    n_labelled: int = 6,
+    diagonal: bool = True,
+) -> Figure:
+    """A scatter plot of ``y`` against ``x``; the ``n_labelled`` points furthest from 0 carry their label."""
+    xs, ys = _numpy(x).ravel(), _numpy(y).ravel()
+    if xs.shape != ys.shape:
+        raise ValueError(f"scatter needs x and y of one shape, got {xs.shape} and {ys.shape}.")
+    fig = Figure(figsize=(5, 4.5), dpi=90, layout="constrained")
+    ax = fig.add_subplot()
+    ax.scatter(xs, ys, s=14, alpha=0.8)
+    if diagonal and xs.size:
+        lo, hi = float(min(xs.min(), ys.min())), float(max(xs.max(), ys.max()))
+        ax.plot([lo, hi], [lo, hi], color="grey", linewidth=0.8, linestyle="--", label="y = x")
+        ax.legend(fontsize=8)
+    ax.axhline(0, color="lightgrey", linewidth=0.6)
+    ax.axvline(0, color="lightgrey", linewidth=0.6)
+    if labels is not None:
+        for i in np.argsort(-(np.abs(xs) + np.abs(ys)))[:n_labelled]:
+            ax.annotate(labels[i], (xs[i], ys[i]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    return fig
+
+
+def attention_figure(
+    patterns: Float[Tensor, "head query key"],
+    *,
+    head_labels: Sequence[str],
+    tokens: Sequence[str],
+    title: str,
+) -> Figure:
+    """Attention patterns of a few heads side by side (query rows, key columns, tokens on both axes)."""
+    data = _numpy(patterns)
+    if data.ndim != 3 or data.shape[0] != len(head_labels):
+        raise ValueError(f"attention_figure needs [head, query, key] with one label per head; got shape "
+                         f"{data.shape} and {len(head_labels)} labels.")
+    n = data.shape[0]
+    cols = min(n, 4)
+    rows = (n + cols - 1) // cols
+    size = 0.22 * len(tokens) + 1.2
+    fig = Figure(figsize=(cols * size + 1, rows * size + 0.6), dpi=90, layout="constrained")
+    fig.suptitle(title)
+    for i in range(n):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        image = ax.imshow(data[i], cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(head_labels[i], fontsize=9)
+        ax.set_xlabel("key (source)", fontsize=7)
+        ax.set_ylabel("query (destination)", fontsize=7)
+        _ticks(ax, "x", tokens, data.shape[2])
+        _ticks(ax, "y", tokens, data.shape[1])
+    fig.colorbar(image, ax=fig.axes, label="attention", shrink=0.8)
+    return fig
+
+
+def figure_png(fig: Figure) -> bytes:
+    """The figure as PNG bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def figure_html(fig: Figure, *, alt: str = "") -> str:
+    """The figure as an ``<img>`` whose PNG is embedded (base64): nothing is fetched when the page opens."""
+    data = base64.b64encode(figure_png(fig)).decode("ascii")
+    label = html.escape(alt or (fig._suptitle.get_text() if fig._suptitle else "") or "figure", quote=True)
+    return (f'<figure class="claim-figure"><img alt="{label}" src="data:image/png;base64,{data}" '
+            f'style="max-width:100%"/><figcaption>{html.escape(label)}</figcaption></figure>')
+
+
+_COLOURS = {"passed": "#1a7f37", "failed": "#cf222e", "skipped": "#9a6700", "error": "#cf222e"}
+
+
+def summary_table(outcomes: Mapping[tuple[str, str], str], *, claims: Sequence[str], models: Sequence[str],
+                  statements: Mapping[str, str] | None = None) -> str:
+    """An HTML table, claims x models, each cell the outcome (passed/failed/skipped, or a short text)."""
+    statements = statements or {}
+    head = "".join(f"<th>{html.escape(m)}</th>" for m in models)
+    rows = []
+    for claim in claims:
+        cells = []
+        for m in models:
+            outcome = outcomes.get((claim, m), "not run")
+            colour = _COLOURS.get(outcome.split()[0] if outcome else "", "#57606a")
+            cells.append(f'<td style="color:{colour};font-weight:bold">{html.escape(outcome)}</td>')
+        title = html.escape(statements.get(claim, ""), quote=True)
+        rows.append(f'<tr><td title="{title}"><code>{html.escape(claim)}</code></td>{"".join(cells)}</tr>')
+    return (f'<table class="claims-summary" border="1" style="border-collapse:collapse">'
+            f"<thead><tr><th>claim</th>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+def heads_of(values: Float[Tensor, "layer head"], k: int) -> list[tuple[int, int]]:
+    """The ``k`` (layer, head) cells with the largest |value|, largest first."""
+    flat = torch.as_tensor(values).flatten().abs()
+    top = torch.topk(flat, min(k, flat.numel())).indices.tolist()
+    n_heads = values.shape[-1]
+    return [(i // n_heads, i % n_heads) for i in top]

@@ -1,0 +1,36 @@
+"""Claim: direct logit attribution adds up.
+
+With the final norm's scale frozen at its value in the run, the logit difference is linear in the final
+residual stream, which is a sum of components. So the per-head attributions, the attention biases and the
+rest (embeddings, MLPs, unembedding bias) must add up to the logit difference the model computes: an
+identity, checked on the model under test. A gap means the attribution reads the model wrongly (hooks,
+folded weights, the norm), and every attribution figure would be off by it.
+"""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from circuit.report import line_figure
+
+STATEMENT = ("Attribution adds up: the per-head direct logit attributions plus the remaining components "
+             "equal the model's logit difference on every prompt.")
+
+
+@pytest.mark.claim(id="attribution-completeness", statement=STATEMENT)
+@given(data=st.data())
+def test_head_attributions_sum_to_the_logit_difference(model, lab, claim, evidence, data):
+    prompt_set = lab.draw(data)
+    clean, _ = lab.logit_diffs(prompt_set)
+    attribution = lab.head_attribution(prompt_set)
+    error = (attribution.total.detach().cpu().double() - clean.double()).abs()
+    largest = lab.ci(error, lambda x: x.amax(-1))
+    lens = lab.logit_lens(prompt_set)
+    record = evidence.record(
+        "largest per-prompt |sum of attributions - logit difference|", largest,
+        threshold=f"CI high <= atol = {claim.atol}", holds=bool(largest.high <= claim.atol), prompt_set=prompt_set,
+        figures={"Logit lens (clean, final position): the last entry is the logit difference": lambda: line_figure(
+            lens.mean, title="Logit lens", xlabel="residual stream", ylabel="logit difference",
+            xticklabels=list(lens.labels))},
+    )
+    assert record.holds, record.describe()

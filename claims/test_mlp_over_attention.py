@@ -1,0 +1,77 @@
+"""Claim: at the final position, MLP layers matter more than attention layers.
+
+The source: "mostly it's the later MLP layers that matter" and "attention layers matter much less than
+MLP layers". Measured as the summed |patching effect| (``patched - corrupted``, mean over prompts) of the
+MLP outputs at the final position over the layers the spec names, divided by the same sum for the
+attention outputs; by exact activation patching, and by attribution patching (its gradient
+approximation), which must agree.
+"""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from circuit.report import heatmap, line_figure
+
+STATEMENT = ("MLP over attention: at the final position, the summed |effect| of MLP outputs exceeds that of "
+             "attention outputs (activation patching and attribution patching agree).")
+
+
+def _ratio_ci(lab, prompt_set, method, from_layer):
+    """Interval of sum_l |mean MLP effect| / sum_l |mean attention effect| at the final position."""
+    mlp = lab.effects(lab.patch(prompt_set, "mlp_out", method))[from_layer:, -1]
+    attn = lab.effects(lab.patch(prompt_set, "attn_out", method))[from_layer:, -1]
+    n = mlp.shape[0]
+
+    def ratio(x):
+        means = x.mean(-1).abs()
+        return means[..., :n].sum(-1) / means[..., n:].sum(-1)
+
+    return lab.ci(torch.cat([mlp, attn]), ratio)
+
+
+def _figures(lab, prompt_set, method):
+    tokens = lab.tokens_of_first_prompt(prompt_set)
+    figures = {
+        f"{site} {method} patching: effect (patched - corrupted), layer x position":
+            (lambda site=site: heatmap(lab.effects(lab.patch(prompt_set, site, method)).mean(-1),
+                                       title=f"{site} ({method} patching)", xlabel="position", ylabel="layer",
+                                       xticklabels=tokens, colorbar_label="patched - corrupted logit diff"))
+        for site in ("attn_out", "mlp_out")
+    }
+    attribution = lab.layer_attribution(prompt_set)
+    figures["Direct logit attribution per layer component (clean, final position)"] = lambda: line_figure(
+        attribution.mean, title="Direct logit attribution by component", xlabel="component",
+        ylabel="logit difference", xticklabels=list(attribution.labels))
+    return figures
+
+
+@pytest.mark.claim(id="mlp-over-attention", statement=STATEMENT)
+@given(data=st.data())
+def test_mlp_outweighs_attention_by_activation_patching(model, lab, claim, evidence, data):
+    prompt_set = lab.draw(data)
+    lab.require_task_solved(prompt_set, evidence)
+    ratio = _ratio_ci(lab, prompt_set, "activation", claim.from_layer)
+    record = evidence.record(
+        f"sum |MLP effect| / sum |attention effect| at the final position, layers {claim.from_layer}+ "
+        f"(activation patching)", ratio, threshold=f"CI low > {claim.min_ratio}",
+        holds=bool(ratio.low > claim.min_ratio), prompt_set=prompt_set,
+        figures=_figures(lab, prompt_set, "activation"),
+    )
+    assert record.holds, record.describe()
+
+
+@pytest.mark.claim(id="mlp-over-attention", statement=STATEMENT)
+@given(data=st.data())
+def test_mlp_outweighs_attention_by_attribution_patching(model, lab, claim, evidence, data):
+    prompt_set = lab.draw(data)
+    lab.require_task_solved(prompt_set, evidence)
+    ratio = _ratio_ci(lab, prompt_set, "attribution", claim.from_layer)
+    record = evidence.record(
+        f"sum |MLP effect| / sum |attention effect| at the final position, layers {claim.from_layer}+ "
+        f"(attribution patching)", ratio, threshold=f"CI low > {claim.min_ratio}",
+        holds=bool(ratio.low > claim.min_ratio), prompt_set=prompt_set,
+        figures=_figures(lab, prompt_set, "attribution"),
+    )
+    assert record.holds, record.describe()

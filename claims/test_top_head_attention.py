@@ -1,0 +1,71 @@
+"""Claim: the most important heads attend as the source describes.
+
+Top heads are the ``top_k`` heads by |z patching effect| (mean over prompts). The source: "early heads
+attend to every token equally, while later heads attend to just the bos token". Measured over all query
+positions after BOS: a late top head's attention weight on BOS, and an early top head's attention
+entropy divided by log(number of visible keys) (1 = uniform).
+"""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from circuit.attention import head_patterns
+from circuit.report import attention_figure, heads_of
+
+STATEMENT = ("Attention of the top heads: late top heads attend mostly to BOS; early top heads attend "
+             "near-uniformly.")
+
+
+def _top_heads(lab, prompt_set, k):
+    return heads_of(lab.effects(lab.patch(prompt_set, "z")).mean(-1), k)
+
+
+def _figures(lab, prompt_set, heads):
+    if not heads:
+        return {}
+    batch = lab.inputs(prompt_set)[0]
+    patterns = head_patterns(lab.model, batch, heads, cache=lab.run(prompt_set)[1])
+    return {"Attention patterns of the top heads (first prompt)": lambda: attention_figure(
+        patterns.patterns[:, 0], head_labels=list(patterns.labels), tokens=list(patterns.str_tokens[0]),
+        title="Top heads by |z patching|: attention patterns, first prompt")}
+
+
+@pytest.mark.claim(id="top-head-attention", statement=STATEMENT)
+@given(data=st.data())
+def test_late_top_heads_attend_to_bos(model, lab, claim, evidence, data):
+    prompt_set = lab.draw(data)
+    late = [h for h in _top_heads(lab, prompt_set, claim.top_k) if h[0] >= claim.late_from_layer]
+    if not late:
+        record = evidence.record(f"number of top-{claim.top_k} heads in layers {claim.late_from_layer}+", 0,
+                                 threshold=">= 1 (the claim is about them)", holds=False, prompt_set=prompt_set)
+        pytest.fail(record.describe())
+    to_bos = lab.attention(prompt_set).to_bos.double().cpu()
+    weakest = lab.ci(torch.stack([to_bos[l, h] for l, h in late]), lambda x: x.mean(-1).amin(-1))
+    record = evidence.record(
+        f"smallest mean attention to BOS among late top heads {[f'L{l}H{h}' for l, h in late]}", weakest,
+        threshold=f"CI low >= {claim.min_bos_attention}", holds=bool(weakest.low >= claim.min_bos_attention),
+        prompt_set=prompt_set, figures=_figures(lab, prompt_set, late),
+    )
+    assert record.holds, record.describe()
+
+
+@pytest.mark.claim(id="top-head-attention", statement=STATEMENT)
+@given(data=st.data())
+def test_early_top_heads_attend_uniformly(model, lab, claim, evidence, data):
+    prompt_set = lab.draw(data)
+    early = [h for h in _top_heads(lab, prompt_set, claim.top_k) if h[0] < claim.early_until_layer]
+    if not early:
+        record = evidence.record(f"number of top-{claim.top_k} heads before layer {claim.early_until_layer}", 0,
+                                 threshold=">= 1 (the claim is about them)", holds=False, prompt_set=prompt_set)
+        pytest.fail(record.describe())
+    entropy = lab.attention(prompt_set).normalized_entropy.double().cpu()
+    weakest = lab.ci(torch.stack([entropy[l, h] for l, h in early]), lambda x: x.mean(-1).amin(-1))
+    record = evidence.record(
+        f"smallest mean normalized attention entropy among early top heads {[f'L{l}H{h}' for l, h in early]}",
+        weakest, threshold=f"CI low >= {claim.min_normalized_entropy}",
+        holds=bool(weakest.low >= claim.min_normalized_entropy), prompt_set=prompt_set,
+        figures=_figures(lab, prompt_set, early),
+    )
+    assert record.holds, record.describe()
