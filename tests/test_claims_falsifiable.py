@@ -1,0 +1,138 @@
+"""Falsifiability: each claim can fail, and fails for the stated reason when its premise is false.
+
+A test suite that cannot fail proves nothing. These tests run the claims themselves (in a separate
+pytest process, as a user would) on models and specs built to make them false, and read the verdicts
+from the evidence file the run writes:
+
+- claim 5 (named heads) with a spec naming heads that cannot all be in the top-k (every head of layer 0
+  with ``top_k = 1``) fails, with the worst rank as its statistic;
+- claim 3 (final-token localization) on a model whose final position carries no information about the
+  operands (every attention output projection zeroed, so the final position only ever sees its own
+  " =" token) fails: clean and corrupted runs are identical, and the claim says so (the precondition);
+- claim 1 (HF equivalence) on a bridge whose weights were tampered with fails, naming the largest
+  difference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SPEC = """
+[model]
+match = ["test-qwen2-2l", "no-information"]
+[statistics]
+level = 0.95
+n_resamples = 200
+[prompts]
+min_size = 6
+max_size = 6
+min_digits = 2
+max_digits = 3
+corruptions = ["same_length"]
+[claims.final-token-localization]
+late_from_layer = 1
+min_recovery = 0.8
+max_other_recovery = 0.2
+tolerance = 0.2
+[claims.named-heads]
+top_k = 1
+tolerance = 1
+heads = [
+    { head = "L0H0", sign = "any", by = ["z_patching"] },
+    { head = "L0H1", sign = "any", by = ["z_patching"] },
+    { head = "L0H2", sign = "any", by = ["z_patching"] },
+    { head = "L0H3", sign = "any", by = ["z_patching"] },
+]
+"""
+
+
+def run_claims(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict[str, dict]]:
+    """Run pytest on claims in a subprocess; return it and the evidence files it wrote, by model."""
+    reports = tmp_path / "reports"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp",
+               str(tmp_path / "basetemp"), "--claims-reports", str(reports), *args]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    evidence = {p.stem: json.loads(p.read_text()) for p in (reports / "evidence").glob("*.json")}
+    return result, evidence
+
+
+def verdicts(evidence: dict) -> dict[str, dict]:
+    return {claim["test"]: claim for claim in evidence["claims"]}
+
+
+def no_information_model(source: str, folder: Path) -> Path:
+    """``source`` with every attention output projection zeroed: no position sees another's information."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+    model.save_pretrained(folder, safe_serialization=True)
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(Path(source) / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def falsified_run(tmp_path_factory, test_model_folder):
+    tmp = tmp_path_factory.mktemp("falsified")
+    (tmp / "spec.toml").write_text(SPEC)
+    blind = no_information_model(test_model_folder("test-qwen2-2l"), tmp / "no-information")
+    return run_claims(tmp, str(ROOT / "claims" / "test_named_heads.py"),
+                      str(ROOT / "claims" / "test_final_token_localization.py"), "--claims-spec",
+                      str(tmp / "spec.toml"), "--model", "test-qwen2-2l", "--model", str(blind), "-p", "no:html")
+
+
+def test_a_spec_naming_the_wrong_heads_fails_claim_5(falsified_run):
+    result, evidence = falsified_run
+    claim = verdicts(evidence["test-qwen2-2l"])["test_named_heads_rank_in_top_k_by_z_patching"]
+    assert claim["outcome"] == "failed", result.stdout[-3000:]
+    assert claim["statistic"].startswith("worst rank by |z patching effect| among ['L0H0', 'L0H1', 'L0H2', 'L0H3']")
+    assert claim["estimate"] >= 4 and claim["high"] > 1  # four heads cannot all rank first
+    assert "rule CI high <= top_k = 1 does NOT hold" in result.stdout
+
+
+def test_a_model_whose_final_position_carries_no_information_fails_claim_3(falsified_run):
+    result, evidence = falsified_run
+    claims = verdicts(evidence["no-information"])
+    for test in ("test_final_position_recovers_in_late_layers", "test_no_other_position_recovers_in_late_layers"):
+        assert claims[test]["outcome"] == "failed", result.stdout[-3000:]
+        assert claims[test]["statistic"].startswith("PRECONDITION task-solved")
+        assert claims[test]["estimate"] == 0.0  # clean and corrupted runs are identical
+    assert "Precondition failed: clean and corrupted logit differences do not differ" in result.stdout
+
+
+def test_claims_not_in_the_spec_are_skipped_with_the_spec_named(falsified_run):
+    result, evidence = falsified_run
+    claim = verdicts(evidence["test-qwen2-2l"])["test_named_heads_have_their_stated_sign"]
+    assert claim["outcome"] == "skipped"
+    assert "the spec states no head's sign" in claim["note"]
+
+
+def test_a_tampered_bridge_fails_claim_1(test_model_folder):
+    from circuit.equivalence import compare_models
+    from circuit.models import load_model
+    from circuit.prompts import tokenize_prompts
+
+    model = load_model(test_model_folder("test-qwen2-2l"), device="cpu")
+    batch = tokenize_prompts(model.tokenizer, ["12 x 34 =", "56 x 78 ="])
+    before = compare_models(model.bridge, model.hf_model, batch.tokens, tokenizer=model.tokenizer)
+    assert before.holds, before.describe()
+    with torch.no_grad():
+        model.bridge.blocks[1].mlp.W_out.mul_(1.5)
+    after = compare_models(model.bridge, model.hf_model, batch.tokens, tokenizer=model.tokenizer)
+    assert not after.holds
+    assert "EXCEEDS atol" in after.describe()
