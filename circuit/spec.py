@@ -110,6 +110,11 @@ class PromptSpec:
     """Most operand digits."""
     corruptions: tuple[str, ...]
     """Pairings of corrupted with clean prompts: 'same_length' (fresh operands) and/or 'reversed' (the source's)."""
+    metric: str = "seed"
+    """The logit difference: 'seed' (the source's: every answer token's logit read at the final prompt
+    position, against a perturbed answer) or 'first_differing_token' (the clean answer against the corrupted
+    prompt's answer, at their first differing token, with the common prefix teacher-forced after the prompt;
+    sets whose answers first differ at different depths are not drawn)."""
 
 
 @dataclass(frozen=True)
@@ -256,6 +261,7 @@ class Spec:
 # --- loading ------------------------------------------------------------------------------------------
 
 _CORRUPTIONS = ("same_length", "reversed")
+_METRICS = ("seed", "first_differing_token")
 _SIGNS = ("positive", "negative", "any")
 _RANKINGS = ("z_patching", "attribution")
 
@@ -344,6 +350,8 @@ def _check_values(spec: Spec) -> None:
     if not 1 <= p.min_digits <= p.max_digits <= 9:
         raise _fail(path, "prompts.min_digits",
                     f"need 1 <= min_digits <= max_digits <= 9, got {p.min_digits}, {p.max_digits}.")
+    if p.metric not in _METRICS:
+        raise _fail(path, "prompts.metric", f"is {p.metric!r}; use one of {list(_METRICS)}.")
     bad = sorted(set(p.corruptions) - set(_CORRUPTIONS)) or ([] if p.corruptions else ["(empty)"])
     if bad:
         raise _fail(path, "prompts.corruptions", f"unknown corruption(s) {bad}; choose from {list(_CORRUPTIONS)}.")

@@ -95,6 +95,8 @@ def test_missing_section_and_unknown_field(tmp_path):
     ('[claims.task-solved]\ntolerance = -1\n', r"\[claims\.task-solved\.tolerance\] must be >= 0"),
     (NAMED_HEADS.replace("L1H3", "head3"), r"\[claims\.named-heads\.heads\[0\]\.head\] 'head3' is not a head label"),
     (NAMED_HEADS.replace("positive", "up"), r"\[claims\.named-heads\.heads\[0\]\.sign\] is 'up'"),
+    ('metric = "logprob"\n',
+     r"\[prompts\.metric\] is 'logprob'; use one of \['seed', 'first_differing_token'\]"),
     (NAMED_HEADS.replace('"z_patching"', '"dla"'), r"\[claims\.named-heads\.heads\[0\]\.by\] is \['dla'\]"),
 ])
 def test_bad_values_name_the_key(tmp_path, snippet, pattern):
