@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Float
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 __all__ = [
@@ -82,6 +83,9 @@ def heatmap(
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     _ticks(ax, "x", xticklabels, data.shape[1])
     _ticks(ax, "y", yticklabels, data.shape[0], every=max(1, data.shape[0] // 24))
+    for axis in (ax.xaxis, ax.yaxis):  # cells are whole layers, positions, heads
+        if not axis.get_ticklabels() or axis.get_major_locator().__class__.__name__ != "FixedLocator":
+            axis.set_major_locator(MaxNLocator(integer=True))
     for row, col in highlight:
         ax.add_patch(_box(row, col))
     return fig
