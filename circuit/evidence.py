@@ -107,6 +107,8 @@ class EvidenceFile:
     model: str
     revision: str | None
     claims: tuple[ClaimEvidence, ...]
+    spec: str | None = None
+    """The spec file the claims were judged against."""
     versions: Mapping[str, str] = field(default_factory=library_versions)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
@@ -129,6 +131,7 @@ def write_evidence(path: str | Path, evidence: EvidenceFile) -> Path:
         "format": EVIDENCE_FORMAT,
         "model": evidence.model,
         "revision": evidence.revision,
+        "spec": evidence.spec,
         "created": evidence.created,
         "library_versions": dict(evidence.versions),
         "claims": claims,
@@ -166,7 +169,7 @@ def load_evidence(path: str | Path) -> EvidenceFile:
             record["estimate"] = float(record["estimate"])
         claims.append(ClaimEvidence(**record))
     return EvidenceFile(model=document.get("model", "?"), revision=document.get("revision"),
-                        claims=tuple(claims), versions=document.get("library_versions", {}),
+                        claims=tuple(claims), spec=document.get("spec"), versions=document.get("library_versions", {}),
                         created=document.get("created", "?"))
 
 

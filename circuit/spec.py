@@ -26,11 +26,15 @@ Layout of a spec file::
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 
 __all__ = [
     "AttributionCompletenessClaim",
@@ -384,7 +388,8 @@ def _check_sizes(spec: Spec, n_layers: int, n_heads: int) -> None:
     for claim_id, claim in spec.claims.items():
         for name in ("late_from_layer", "early_until_layer", "from_layer"):
             value = getattr(claim, name, None)
-            if value is not None and value > n_layers:
+            limit = n_layers if name == "early_until_layer" else n_layers - 1
+            if value is not None and value > limit:
                 raise _fail(path, f"claims.{claim_id}.{name}",
                             f"layer {value} is out of range: the model has layers 0..{n_layers - 1}.")
         for i, head in enumerate(getattr(claim, "heads", ())):

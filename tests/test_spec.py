@@ -69,6 +69,15 @@ def test_head_out_of_range_names_file_and_key(tmp_path):
         load_spec(path).check_model(n_layers=2, n_heads=3)
 
 
+def test_a_late_layer_the_model_lacks_is_an_error(tmp_path):
+    path = write(tmp_path, MINIMAL + "[claims.final-token-localization]\nlate_from_layer = 2\nmin_recovery = 0.8\n"
+                                     "max_other_recovery = 0.2\ntolerance = 0.1\n")
+    load_spec(path, n_layers=3, n_heads=4)
+    with pytest.raises(SpecError, match=r"\[claims\.final-token-localization\.late_from_layer\] layer 2 is out of "
+                                        r"range: the model has layers 0\.\.1"):
+        load_spec(path, n_layers=2, n_heads=4)
+
+
 def test_unknown_claim_id_names_file_and_key(tmp_path):
     path = write(tmp_path, MINIMAL + "[claims.final-token]\ntolerance = 1\n")
     with pytest.raises(SpecError, match=r"spec\.toml: \[claims\.final-token\] unknown claim id 'final-token'; "
