@@ -1,0 +1,273 @@
+"""Tests of circuit.patching: the fast engine gives the naive loop's and TransformerLens' numbers.
+
+Every site is compared, on random prompt sets (hypothesis) and both GQA test models, with
+``transformer_lens.patching`` where it has the sweep and with the naive loop (one ``run_with_hooks`` per
+cell) for the per-query-head value patch ``v``, which TransformerLens does not have. Canaries check
+the engine's shortcuts directly; attribution patching is checked against finite differences.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from circuit import _forward as fwd
+from circuit.metrics import seed_logit_diff, teacher_forced_logprob_diff
+from circuit.patching import (
+    SITES,
+    NotSignificantError,
+    activation_patch,
+    attribution_patch,
+    reference_activation_patch,
+)
+from circuit.prompts import tokenize_prompts
+from circuit.strategies import prompt_sets
+from circuit.task import make_problems, perturb
+
+TOLERANCE = 1e-4
+"""Max abs difference allowed between two exact computations of a patched metric (float32)."""
+
+TL_SWEEPS = {
+    "resid_pre": "get_act_patch_resid_pre",
+    "attn_out": "get_act_patch_attn_out",
+    "mlp_out": "get_act_patch_mlp_out",
+    "z": "get_act_patch_attn_head_out_all_pos",
+    "pattern": "get_act_patch_attn_head_pattern_all_pos",
+    "v_kv": "get_act_patch_attn_head_v_all_pos",
+}
+
+FAST = settings(max_examples=2, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def _inputs(loaded, prompt_set, kind: str):
+    """``(clean tokens, corrupted tokens, metric)`` for a prompt set and a kind of metric."""
+    tokenizer = loaded.tokenizer
+    clean = tokenize_prompts(tokenizer, [p.prompt for p in prompt_set.clean])
+    corrupted = tokenize_prompts(tokenizer, [p.prompt for p in prompt_set.corrupted])
+    if kind == "logprob":  # 2B rows (prompt + correct, prompt + incorrect), B values, whole vocabulary
+        inputs = teacher_forced_logprob_diff(tokenizer, prompt_set.clean, prompt_set.incorrect)
+        corrupted_tokens = inputs.tokens.clone()
+        corrupted_tokens[:, :corrupted.tokens.shape[1]] = torch.cat([corrupted.tokens, corrupted.tokens])
+        return inputs.tokens, corrupted_tokens, inputs.metric
+    metric = seed_logit_diff(tokenizer, clean, prompt_set.clean, prompt_set.incorrect)
+    if kind == "plain":  # a plain function: the engine cannot see what it reads
+        return clean.tokens, corrupted.tokens, lambda logits: metric(logits)
+    return clean.tokens, corrupted.tokens, metric
+
+
+def _fixed_inputs(loaded, n: int = 3, digits: int = 2, seed: int = 0, kind: str = "seed"):
+    from circuit.prompts import corrupt_same_length
+    from circuit.strategies import PromptSet
+
+    problems = make_problems(n, digits, seed=seed, both_orders=False)
+    rng = random.Random(seed)
+    prompt_set = PromptSet(tuple(problems), tuple(perturb(p.product, rng) for p in problems),
+                           tuple(corrupt_same_length(problems, seed=seed + 1)), "same_length")
+    return _inputs(loaded, prompt_set, kind)
+
+
+def _diff_report(ours, theirs, what: str) -> str:
+    diff = (ours - theirs).abs()
+    return (f"{what}: max abs difference {diff.max():.3g} > {TOLERANCE} ({int((diff > TOLERANCE).sum())} of "
+            f"{diff.numel()} cells differ; mean {diff.mean():.3g}).\nours={ours}\ntheirs={theirs}")
+
+
+@pytest.mark.parametrize("site", list(SITES))
+@FAST
+@given(data=st.data())
+def test_activation_patch_matches_transformer_lens_and_naive_loop(test_models, qwen_tokenizer, site, data):
+    import transformer_lens.patching as tlp
+
+    name = data.draw(st.sampled_from(sorted(test_models)), label="model")
+    loaded = test_models[name]
+    prompt_set = data.draw(prompt_sets(qwen_tokenizer, min_size=1, max_size=2, min_digits=1, max_digits=2,
+                                       both_orders=False), label="prompts")
+    kind = data.draw(st.sampled_from(["seed", "logprob", "plain"]), label="metric")
+    chunk_size = data.draw(st.sampled_from([None, 1, 3]), label="chunk_size")
+    clean, corrupted, metric = _inputs(loaded, prompt_set, kind)
+
+    ours = activation_patch(loaded.bridge, clean, corrupted, metric, site, chunk_size=chunk_size)
+    assert ours.per_prompt.shape[-1] == len(prompt_set.clean)
+    if site in TL_SWEEPS:
+        _, clean_cache = loaded.bridge.run_with_cache(clean)
+        sweep = getattr(tlp, TL_SWEEPS[site])
+        theirs = sweep(loaded.bridge, corrupted, clean_cache, lambda logits: metric(logits).mean()).cpu()
+        what = f"transformer_lens.patching.{TL_SWEEPS[site]}"
+    else:
+        theirs = reference_activation_patch(loaded.bridge, clean, corrupted, metric, site).mean
+        what = "the naive loop (TL has no per-query-head value sweep)"
+    assert ours.mean.shape == theirs.shape, f"shape {tuple(ours.mean.shape)}, {what} gives {tuple(theirs.shape)}"
+    assert (ours.mean - theirs).abs().max() <= TOLERANCE, _diff_report(ours.mean, theirs, f"{site} vs {what}")
+
+
+@pytest.mark.parametrize("site", list(TL_SWEEPS))
+def test_naive_loop_is_transformer_lens_definition(test_models, site):
+    """The naive loop (used for ``v``) patches exactly what TransformerLens patches, on sampled cells."""
+    import pandas as pd
+    import transformer_lens.patching as tlp
+
+    loaded = test_models["test-qwen2-3l"]
+    clean, corrupted, metric = _fixed_inputs(loaded, seed=3)
+    sweep = getattr(tlp, TL_SWEEPS[site])
+    cells = [(0, 1), (1, 1), (2, 0)]
+    ours = reference_activation_patch(loaded.bridge, clean, corrupted, metric, site, cells=cells)
+    _, clean_cache = loaded.bridge.run_with_cache(clean)
+    index_df = pd.DataFrame(cells, columns=list(sweep.keywords["index_axis_names"]))
+    theirs = tlp.generic_activation_patch(
+        loaded.bridge, corrupted, clean_cache, lambda logits: metric(logits).mean(), sweep.keywords["patch_setter"],
+        sweep.keywords["activation_name"], index_df=index_df)
+    mine = torch.stack([ours.mean[c] for c in cells])
+    assert (mine - theirs).abs().max() <= TOLERANCE, _diff_report(mine, theirs, f"naive {site} vs TL")
+
+
+@pytest.mark.parametrize("site", list(SITES))
+def test_patching_own_corrupted_activation_changes_nothing(test_models, site):
+    """Canary: with clean = corrupted, every cell (none skipped) gives the corrupted metric."""
+    loaded = test_models["test-qwen2-3l"]
+    _, corrupted, metric = _fixed_inputs(loaded, seed=5)
+    result = activation_patch(loaded.bridge, corrupted, corrupted, metric, site, skip_unchanged=False, chunk_size=4)
+    expected = result.corrupted.expand_as(result.per_prompt)
+    assert (result.per_prompt - expected).abs().max() <= TOLERANCE, _diff_report(result.per_prompt, expected, site)
+
+
+@pytest.mark.parametrize("kind", ["seed", "logprob"])
+def test_patching_a_whole_layer_with_the_clean_run_recovers_the_clean_metric(test_models, kind):
+    """Canary: the engine's continuation from a whole clean layer (every position) gives the clean metric."""
+    from circuit.patching import _Reader
+
+    loaded = test_models["test-qwen2-3l"]
+    clean_tokens, corrupted_tokens, metric = _fixed_inputs(loaded, seed=7, kind=kind)
+    w = fwd.weights_of(loaded.bridge)
+    clean, corrupted = fwd.run_cache(loaded.bridge, clean_tokens), fwd.run_cache(loaded.bridge, corrupted_tokens)
+    reader = _Reader(metric, w, clean_tokens.shape[1])
+    expected, before = metric(clean.logits), metric(corrupted.logits)
+    assert (expected - before).abs().max() > 10 * TOLERANCE, "clean and corrupted must differ for this canary"
+    starts = [fwd.Start(2 * layer, layer, "pre", clean.resid_pre[layer]) for layer in range(w.n_layers)]
+    starts += [fwd.Start(2 * layer + 1, layer, "mid", clean.resid_mid[layer]) for layer in range(w.n_layers)]
+    starts.append(fwd.Start(2 * w.n_layers, w.n_layers, "pre", clean.resid_final))
+    with torch.no_grad():
+        cells, final = fwd.continue_from(w, corrupted, starts, 0, reader.read)
+        for cell, resid in zip(cells, final):
+            got = reader(resid)
+            where = f"{starts[cell].stage} of layer {starts[cell].layer}"
+            assert (got - expected).abs().max() <= TOLERANCE, _diff_report(got, expected, where)
+
+
+def _scaled_hook(site, layer, index, group, clean, corrupted, eps):
+    """A hook moving one cell a fraction ``eps`` of the way from its corrupted to its clean value."""
+    def move(act, target):
+        return act + eps * (target - act)
+
+    if site in ("resid_pre", "attn_out", "mlp_out"):
+        source = getattr(clean, site)[layer]
+
+        def hook(act, hook):
+            act = act.clone()
+            act[:, index] = move(act[:, index], source[:, index])
+            return act
+        return f"blocks.{layer}.hook_{site}", hook
+    if site in ("z", "v"):
+        if site == "z":
+            target = clean.z[layer][:, :, index]
+        else:
+            target = corrupted.z[layer][:, :, index] + torch.einsum(
+                "bqk,bke->bqe", corrupted.pattern[layer][:, index],
+                clean.v[layer][:, :, index // group] - corrupted.v[layer][:, :, index // group])
+
+        def hook(act, hook):
+            act = act.clone()
+            act[:, :, index] = move(act[:, :, index], target)
+            return act
+        return f"blocks.{layer}.attn.hook_z", hook
+    if site == "pattern":
+        def hook(act, hook):
+            act = act.clone()
+            act[:, index] = move(act[:, index], clean.pattern[layer][:, index])
+            return act
+        return f"blocks.{layer}.attn.hook_pattern", hook
+
+    def hook(act, hook):
+        act = act.clone()
+        act[:, :, index] = move(act[:, :, index], clean.v[layer][:, :, index])
+        return act
+    return f"blocks.{layer}.attn.hook_v", hook
+
+
+@pytest.mark.parametrize("site", list(SITES))
+def test_attribution_patch_is_the_derivative_of_activation_patching(test_models, site):
+    """``attribution - corrupted`` is d/d(eps) of the metric when a cell moves eps of the way to clean."""
+    loaded = test_models["test-qwen2-2l"]
+    clean_tokens, corrupted_tokens, metric = _fixed_inputs(loaded, seed=11, kind="logprob" if site == "v" else "seed")
+    result = attribution_patch(loaded.bridge, clean_tokens, corrupted_tokens, metric, site)
+    assert result.method == "attribution" and result.per_prompt.shape[:-1] == result.mean.shape
+    clean, corrupted = fwd.run_cache(loaded.bridge, clean_tokens), fwd.run_cache(loaded.bridge, corrupted_tokens)
+    group = loaded.bridge.cfg.n_heads // loaded.bridge.cfg.n_key_value_heads
+    eps = 1e-2
+    for cell in [(0, 1), (1, result.mean.shape[1] - 1)]:
+        values = []
+        for sign in (1, -1):
+            name, hook = _scaled_hook(site, *cell, group, clean, corrupted, sign * eps)
+            with torch.no_grad():
+                values.append(metric(loaded.bridge.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, hook)])))
+        derivative = (values[0] - values[1]) / (2 * eps)
+        linear = result.per_prompt[cell] - result.corrupted
+        assert torch.allclose(linear, derivative, atol=2e-3, rtol=0.05), (
+            f"{site} cell {cell}: attribution gives {linear}, finite differences {derivative}")
+
+
+def test_attribution_patch_correlates_with_activation_patch(test_models, record_property):
+    """Attribution patching is a screen: report how well it ranks cells, pooled over all sites."""
+    loaded = test_models["test-qwen2-3l"]
+    clean, corrupted, metric = _fixed_inputs(loaded, n=3, digits=2, seed=13)
+    exact, approx, lines = [], [], []
+    for site in SITES:
+        a = activation_patch(loaded.bridge, clean, corrupted, metric, site)
+        b = attribution_patch(loaded.bridge, clean, corrupted, metric, site)
+        assert b.mean.shape == a.mean.shape and torch.equal(a.corrupted, b.corrupted)
+        effect_a, effect_b = (a.mean - a.corrupted.mean()).flatten(), (b.mean - b.corrupted.mean()).flatten()
+        exact.append(effect_a)
+        approx.append(effect_b)
+        lines.append(f"{site}: r={torch.corrcoef(torch.stack([effect_a, effect_b]))[0, 1]:.3f}")
+    pooled = torch.corrcoef(torch.stack([torch.cat(exact), torch.cat(approx)]))[0, 1].item()
+    record_property("attribution_vs_activation_correlation", f"pooled r={pooled:.3f}; " + ", ".join(lines))
+    print(f"attribution vs activation patching: pooled r={pooled:.3f}; " + ", ".join(lines))
+    assert pooled > 0.3, f"attribution patching correlates poorly with activation patching: r={pooled:.3f} ({lines})"
+
+
+def test_result_statistics(test_models):
+    loaded = test_models["test-qwen2-2l"]
+    clean, corrupted, metric = _fixed_inputs(loaded, n=4, seed=17)
+    result = activation_patch(loaded.bridge, clean, corrupted, metric, "resid_pre")
+    gap = result.clean.mean() - result.corrupted.mean()
+    expected = (result.per_prompt.mean(-1) - result.corrupted.mean()) / gap
+    if bool(result.baseline_gap().excludes(0)):
+        assert torch.allclose(result.normalized(), expected)
+    interval = result.ci()
+    assert interval.estimate.shape == result.mean.shape
+    assert bool(((interval.low <= result.mean + 1e-6) & (result.mean - 1e-6 <= interval.high)).all())
+
+
+def test_normalized_refuses_when_clean_and_corrupted_do_not_differ(test_models):
+    loaded = test_models["test-qwen2-2l"]
+    clean, _, metric = _fixed_inputs(loaded, seed=19)
+    result = activation_patch(loaded.bridge, clean, clean, metric, "z")
+    with pytest.raises(NotSignificantError, match="do not differ significantly"):
+        result.normalized()
+
+
+def test_errors_name_the_bad_input(test_models):
+    loaded = test_models["test-qwen2-2l"]
+    clean, corrupted, metric = _fixed_inputs(loaded, seed=23)
+    with pytest.raises(ValueError, match=r"Unknown site 'resid_post'.*resid_pre.*v_kv"):
+        activation_patch(loaded.bridge, clean, corrupted, metric, "resid_post")
+    with pytest.raises(ValueError, match=r"differ in shape.*corrupt_same_length"):
+        activation_patch(loaded.bridge, clean, corrupted[:, 1:], metric, "z")
+    with pytest.raises(ValueError, match=r"one value per prompt"):
+        activation_patch(loaded.bridge, clean, corrupted, lambda logits: metric(logits).mean(), "z")
+    with pytest.raises(ValueError, match=r"not supported by the fast patching engine"):
+        activation_patch(object(), clean, corrupted, metric, "z")
