@@ -9,8 +9,15 @@ from the evidence file the run writes:
 - claim 3 (final-token localization) on a model whose final position carries no information about the
   operands (every attention output projection zeroed, so the final position only ever sees its own
   " =" token) fails: clean and corrupted runs are identical, and the claim says so (the precondition);
+- claims 2, 4 and 6 (task solved; MLP over attention; value + pattern) on that model fail too: there
+  is no difference between clean and corrupted runs to explain;
+- claim 7 (attention of the top heads) fails on random weights with a spec demanding that late heads
+  attend almost only to BOS;
 - claim 1 (HF equivalence) on a bridge whose weights were tampered with fails, naming the largest
   difference.
+
+Claim 8 (attribution completeness) is an identity of the attribution code; ``tests/test_attribution.py``
+shows it detects a wrong decomposition.
 """
 
 from __future__ import annotations
@@ -43,6 +50,23 @@ late_from_layer = 1
 min_recovery = 0.8
 max_other_recovery = 0.2
 tolerance = 0.2
+[claims.task-solved]
+tolerance = 1
+[claims.mlp-over-attention]
+from_layer = 0
+min_ratio = 1.0
+tolerance = 1
+[claims.value-plus-pattern]
+min_correlation = 0.9
+max_residual = 0.2
+tolerance = 0.1
+[claims.top-head-attention]
+top_k = 8
+late_from_layer = 1
+early_until_layer = 1
+min_bos_attention = 0.99
+min_normalized_entropy = 0.5
+tolerance = 0.1
 [claims.named-heads]
 top_k = 1
 tolerance = 1
@@ -91,8 +115,10 @@ def falsified_run(tmp_path_factory, test_model_folder):
     tmp = tmp_path_factory.mktemp("falsified")
     (tmp / "spec.toml").write_text(SPEC)
     blind = no_information_model(test_model_folder("test-qwen2-2l"), tmp / "no-information")
-    return run_claims(tmp, str(ROOT / "claims" / "test_named_heads.py"),
-                      str(ROOT / "claims" / "test_final_token_localization.py"), "--claims-spec",
+    files = [str(ROOT / "claims" / f"test_{name}.py") for name in (
+        "named_heads", "final_token_localization", "task_solved", "mlp_over_attention", "value_plus_pattern",
+        "top_head_attention")]
+    return run_claims(tmp, *files, "--claims-spec",
                       str(tmp / "spec.toml"), "--model", "test-qwen2-2l", "--model", str(blind), "-p", "no:html")
 
 
@@ -113,6 +139,26 @@ def test_a_model_whose_final_position_carries_no_information_fails_claim_3(falsi
         assert claims[test]["statistic"].startswith("PRECONDITION task-solved")
         assert claims[test]["estimate"] == 0.0  # clean and corrupted runs are identical
     assert "Precondition failed: clean and corrupted logit differences do not differ" in result.stdout
+
+
+def test_the_no_information_model_fails_the_claims_that_need_a_solved_task(falsified_run):
+    result, evidence = falsified_run
+    claims = verdicts(evidence["no-information"])
+    solved = claims["test_clean_and_corrupted_logit_differences_differ"]
+    assert (solved["outcome"], solved["estimate"], solved["low"], solved["high"]) == ("failed", 0.0, 0.0, 0.0)
+    for test in ("test_mlp_outweighs_attention_by_activation_patching",
+                 "test_mlp_outweighs_attention_by_attribution_patching",
+                 "test_value_plus_pattern_correlates_with_output", "test_value_plus_pattern_residual_is_small"):
+        assert claims[test]["outcome"] == "failed", test
+        assert claims[test]["statistic"].startswith("PRECONDITION task-solved"), test
+
+
+def test_random_heads_that_do_not_rest_on_bos_fail_claim_7(falsified_run):
+    result, evidence = falsified_run
+    claim = verdicts(evidence["test-qwen2-2l"])["test_late_top_heads_attend_to_bos"]
+    assert claim["outcome"] == "failed", result.stdout[-3000:]
+    assert claim["statistic"].startswith("smallest mean attention to BOS among late top heads ['L1H")
+    assert claim["high"] < 0.99
 
 
 def test_claims_not_in_the_spec_are_skipped_with_the_spec_named(falsified_run):
