@@ -419,8 +419,8 @@ def load_spec(path: str | Path, *, n_layers: int | None = None, n_heads: int | N
         raise SpecError(f"{path}: not valid TOML ({error}).") from None
     unknown = sorted(set(data) - {"model", "statistics", "prompts", "claims"})
     if unknown:
-        raise _fail(path, unknown[0], f"unknown section; a spec has [model], [statistics], [prompts] and "
-                                      f"[claims.<id>] tables.")
+        raise _fail(path, unknown[0], "unknown section; a spec has [model], [statistics], [prompts] and "
+                                      "[claims.<id>] tables.")
     for section in ("model", "statistics", "prompts"):
         if section not in data:
             raise _fail(path, section, "missing section.")
