@@ -17,7 +17,7 @@ Remote code runs only when ``trust_remote_code=True`` is asked for; weights load
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,9 +56,9 @@ class LoadedModel:
 
     name: str
     revision: str | None
-    tokenizer: Any
-    bridge: Any
-    hf_model: Any | None
+    tokenizer: Any = field(repr=False)
+    bridge: Any = field(repr=False)
+    hf_model: Any | None = field(repr=False)
     device: torch.device
     dtype: torch.dtype
 
