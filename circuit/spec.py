@@ -133,6 +133,11 @@ class ClaimSpec:
 class HfEquivalenceClaim(ClaimSpec):
     """Claim 1: the TransformerLens bridge computes the same probabilities as the HF model."""
 
+    atol: float = 1e-5
+    """Largest |softmax(bridge) - softmax(HF)| allowed when the model runs in float32 (or float64)."""
+    atol_low_precision: float = 1e-2
+    """The same bound when the model runs in bfloat16 or float16."""
+
 
 @dataclass(frozen=True)
 class TaskSolvedClaim(ClaimSpec):
