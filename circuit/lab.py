@@ -1,0 +1,260 @@
+"""The lab: a model under test, run on prompt sets, with every computation a claim reads.
+
+Claims and claim discovery (``python -m circuit.discover``) measure the same things: clean and corrupted
+runs of a prompt set, the spec's metric, patching sweeps, direct logit attribution, the logit lens and
+attention summaries, and bootstrap intervals over prompts of the statistics built from them. A
+:class:`Lab` computes each once per (model, prompt set) and keeps the results of the most recent prompt
+sets, so that claims tested on the same prompts share their sweeps.
+
+The metric comes from the spec's ``[prompts] metric``: ``"seed"`` is the source analysis' logit
+difference against a perturbed answer (``circuit.metrics.seed_logit_diff``);
+``"first_differing_token"`` feeds, after each prompt, the common prefix of the clean answer and the
+corrupted prompt's answer, and reads the logit difference of their first differing tokens.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["KEEP_PROMPT_SETS", "Lab", "PreconditionFailed"]
+
+KEEP_PROMPT_SETS = 4
+"""Results (activation caches, patching sweeps) are kept for this many recent prompt sets: enough for the
+claims of one example to share them, few enough for a large model's caches to fit."""
+
+
+
+
+class PreconditionFailed(AssertionError):
+    """The prompts do not separate clean from corrupted runs, so normalized effects are noise."""
+
+
+class Lab:
+    """The model under test, run on prompt sets, with results cached for the session.
+
+    Every claim of a session draws its prompt sets from the same strategy, so equal prompt sets (e.g.
+    hypothesis' first, simplest example) share their patching sweeps, caches and attributions.
+    """
+
+    def __init__(self, model: Any, spec: Any, cache: OrderedDict | None = None) -> None:
+        self.model, self.spec = model, spec
+        self._cache = OrderedDict() if cache is None else cache
+
+    def __repr__(self) -> str:  # shown in hypothesis' failing-example line
+        return f"<lab: {getattr(self.model, 'label', '?')}, spec {self.spec.path.name}>"
+
+    # prompts ----------------------------------------------------------------------------------------
+    def prompt_sets(self):
+        """The hypothesis strategy of the spec's prompt sets, for this model's tokenizer.
+
+        Sets that repeat a clean prompt are not drawn: the bootstrap resamples prompts, and copies of one
+        prompt would make an interval look narrower than the evidence is. With the
+        'first_differing_token' metric, only sets whose clean and corrupted answers first differ at the
+        same token are drawn (so that every row reads the same position).
+        """
+        from circuit.strategies import prompt_sets
+
+        p = self.spec.prompts
+        sets = prompt_sets(self.model.tokenizer, min_size=p.min_size, max_size=p.max_size,
+                           min_digits=p.min_digits, max_digits=p.max_digits, corruptions=p.corruptions)
+        sets = sets.filter(lambda ps: len(set(ps.clean)) == len(ps.clean))
+        if p.metric == "first_differing_token":
+            sets = sets.filter(lambda ps: len({k for k, *_ in self._split_answers(ps)}) == 1)
+        return sets
+
+    def draw(self, data: Any):
+        """Draw one prompt set with hypothesis' ``st.data()`` object (shown in a falsifying example)."""
+        return data.draw(self.prompt_sets(), label="prompt set")
+
+    def _cached(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per (model, prompt set, what); only the most recent prompt sets are kept."""
+        group, what = (self.model.name, key[0]), key[1:]
+        results = self._cache.setdefault(group, {})
+        self._cache.move_to_end(group)
+        while len(self._cache) > KEEP_PROMPT_SETS:
+            self._cache.popitem(last=False)
+        if what not in results:
+            results[what] = compute()
+        return results[what]
+
+    def _split_answers(self, ps: Any) -> list[tuple[int, list[int], int, int]]:
+        """Per prompt: (k, common prefix, clean token, corrupted token) of clean vs corrupted-prompt answers."""
+        from circuit.metrics import answer_token_ids
+
+        out = []
+        for clean, corrupted in zip(ps.clean, ps.corrupted):
+            c = answer_token_ids(self.model.tokenizer, clean.product)
+            x = answer_token_ids(self.model.tokenizer, corrupted.product)
+            k = next((i for i, (a, b) in enumerate(zip(c, x)) if a != b), None)
+            out.append((-1, [], 0, 0) if k is None else (k, c[:k], c[k], x[k]))
+        return out
+
+    def inputs(self, ps: Any):
+        """``(clean batch, corrupted batch, metric)``: the token batches and the spec's metric.
+
+        'seed': the prompts, and the source's logit difference against ``ps.incorrect`` read at the final
+        position. 'first_differing_token': each prompt followed by the common prefix of the clean answer and
+        the corrupted prompt's answer (the same prefix after the clean and the corrupted prompt), and the
+        logit difference of their first differing tokens at the final position.
+        """
+        import torch
+
+        from circuit.metrics import LogitDiffMetric, seed_logit_diff
+        from circuit.prompts import PromptBatch, tokenize_prompts
+
+        def compute():
+            tok = self.model.tokenizer
+            clean = tokenize_prompts(tok, [p.prompt for p in ps.clean])
+            corrupted = tokenize_prompts(tok, [p.prompt for p in ps.corrupted])
+            if self.spec.prompts.metric == "seed":
+                return clean, corrupted, seed_logit_diff(tok, clean, ps.clean, ps.incorrect)
+            split = self._split_answers(ps)
+            prefix = torch.tensor([s[1] for s in split], dtype=torch.long).reshape(len(split), -1)
+
+            def extend(batch: PromptBatch) -> PromptBatch:
+                tokens = torch.cat([batch.tokens, prefix], dim=1)
+                mask = torch.cat([batch.attention_mask, torch.ones_like(prefix)], dim=1)
+                return PromptBatch(batch.prompts, tokens, mask, batch.final_position + prefix.shape[1], batch.bos)
+
+            clean, corrupted = extend(clean), extend(corrupted)
+            metric = LogitDiffMetric(clean.final_position[:, None].clone(), torch.tensor([[s[2]] for s in split]),
+                                     torch.tensor([[s[3]] for s in split]), torch.ones(len(split), 1))
+            return clean, corrupted, metric
+
+        return self._cached((ps, "inputs"), compute)
+
+    def run(self, ps: Any, which: str = "clean"):
+        """``(logits, cache)`` of the clean or corrupted run."""
+        import torch
+
+        def compute():
+            clean, corrupted, _ = self.inputs(ps)
+            tokens = (clean if which == "clean" else corrupted).tokens.to(self.model.device)
+            with torch.no_grad():
+                return self.model.bridge.run_with_cache(tokens)
+
+        return self._cached((ps, "run", which), compute)
+
+    def logit_diffs(self, ps: Any):
+        """Per-prompt metric on clean and on corrupted prompts: ``(clean [batch], corrupted [batch])``."""
+        def compute():
+            metric = self.inputs(ps)[2]
+            return (metric(self.run(ps, "clean")[0]).detach().cpu(),
+                    metric(self.run(ps, "corrupted")[0]).detach().cpu())
+
+        return self._cached((ps, "logit_diffs"), compute)
+
+    # statistics -------------------------------------------------------------------------------------
+    def ci(self, values: Any, statistic: Callable | None = None):
+        """Bootstrap interval over prompts (last dim) with the spec's level and resamples."""
+        from circuit.stats import bootstrap_ci
+
+        s = self.spec.statistics
+        return bootstrap_ci(values, level=s.level, n_resamples=s.n_resamples, statistic=statistic)
+
+    def task_separation(self, ps: Any):
+        """Interval of mean(clean - corrupted) logit difference: the task-solved precondition's statistic."""
+        clean, corrupted = self.logit_diffs(ps)
+        return self.ci(clean - corrupted)
+
+    def require_task_solved(self, ps: Any, evidence: Any) -> None:
+        """Fail (recording why) unless clean and corrupted logit differences differ on ``ps``.
+
+        Claims that normalize by ``clean - corrupted`` call this first, so that on prompts where the task
+        is not solved they fail with that reason rather than with a ratio of noise. ``evidence`` is any
+        recorder with the ``record(statistic, value, threshold=, holds=, prompt_set=)`` method of the claims
+        plugin's recorder.
+        """
+        interval = self.task_separation(ps)
+        if bool(interval.excludes(0)):
+            return
+        record = evidence.record(
+            "PRECONDITION task-solved: mean(clean - corrupted) logit difference", interval,
+            threshold="95% CI excludes 0 (precondition of a normalized effect)", holds=False, prompt_set=ps,
+        )
+        raise PreconditionFailed(
+            f"Precondition failed: clean and corrupted logit differences do not differ on these prompts "
+            f"({record.interval}, the interval includes 0), so an effect normalized by their difference is "
+            f"noise. The claim cannot be judged here; see claim 'task-solved'. Prompts: {record.prompt_set}"
+        )
+
+    def ratio_ci(self, result: Any, reduce: Callable[[Any], Any]):
+        """Interval of ``reduce(normalized recovery)`` of a patching result, per bootstrap resample.
+
+        Recovery is ``(patched - corrupted) / (clean - corrupted)`` of the means over prompts, taken in
+        each resample before the ratio (the source normalizes mean logit differences). ``reduce`` maps
+        ``[..., *cells]`` to ``[...]``.
+        """
+        import torch
+
+        cells = result.per_prompt.shape[:-1]
+        stacked = torch.cat([result.per_prompt.detach().cpu().double().flatten(0, -2),
+                             result.clean.detach().cpu().double()[None],
+                             result.corrupted.detach().cpu().double()[None]])
+
+        def statistic(x):
+            means = x.mean(-1)
+            rec = (means[..., :-2] - means[..., -1:]) / (means[..., -2:-1] - means[..., -1:])
+            return reduce(rec.reshape(*rec.shape[:-1], *cells))
+
+        return self.ci(stacked, statistic)
+
+    def effects(self, result: Any):
+        """Raw per-prompt patching effects ``patched - corrupted``, ``[*cells, batch]`` (no normalization)."""
+        return (result.per_prompt - result.corrupted).detach().cpu().double()
+
+    # heavy computations -----------------------------------------------------------------------------
+    def patch(self, ps: Any, site: str, method: str = "activation"):
+        """Patching of ``site`` (clean into corrupted), cached: a ``circuit.patching.PatchResult``.
+
+        ``method`` is ``"activation"`` (exact) or ``"attribution"`` (its gradient approximation).
+        """
+        from circuit.patching import activation_patch, attribution_patch
+
+        def compute():
+            clean, corrupted, metric = self.inputs(ps)
+            run = {"activation": activation_patch, "attribution": attribution_patch}[method]
+            return run(self.model.bridge, clean.tokens.to(self.model.device),
+                       corrupted.tokens.to(self.model.device), metric, site)
+
+        return self._cached((ps, "patch", site, method), compute)
+
+    def directions(self, ps: Any):
+        from circuit.attribution import residual_directions
+
+        return self._cached((ps, "directions"), lambda: residual_directions(self.model, self.inputs(ps)[2]))
+
+    def head_attribution(self, ps: Any):
+        """Direct logit attribution per head on the clean run ``[layer, head, batch]`` (+ completing terms)."""
+        from circuit.attribution import head_attribution
+
+        return self._cached((ps, "head_attribution"),
+                            lambda: head_attribution(self.model, self.run(ps)[1], self.directions(ps)))
+
+    def layer_attribution(self, ps: Any):
+        """Direct logit attribution per component (embed, attention and MLP layers) on the clean run."""
+        from circuit.attribution import layer_attribution
+
+        return self._cached((ps, "layer_attribution"),
+                            lambda: layer_attribution(self.model, self.run(ps)[1], self.directions(ps)))
+
+    def logit_lens(self, ps: Any):
+        from circuit.attribution import logit_lens
+
+        return self._cached((ps, "logit_lens"),
+                            lambda: logit_lens(self.model, self.run(ps)[1], self.directions(ps)))
+
+    def attention(self, ps: Any, query: str = "all"):
+        """Attention summaries of every head on the clean prompts (``circuit.attention``)."""
+        from circuit.attention import summarize_attention
+
+        return self._cached((ps, "attention", query), lambda: summarize_attention(
+            self.model, self.inputs(ps)[0], cache=self.run(ps)[1], query=query))
+
+    def tokens_of_first_prompt(self, ps: Any) -> list[str]:
+        """Axis labels: the first clean prompt's tokens, with their positions."""
+        tok = self.model.tokenizer
+        ids = self.inputs(ps)[0].tokens[0].tolist()
+        return [f"{i}:{tok.decode([t])!r}"[:14] for i, t in enumerate(ids)]
