@@ -258,3 +258,88 @@ class Lab:
         tok = self.model.tokenizer
         ids = self.inputs(ps)[0].tokens[0].tolist()
         return [f"{i}:{tok.decode([t])!r}"[:14] for i, t in enumerate(ids)]
+
+    # claim statistics: intervals over prompts, shared by the claims and by discovery -------------------
+    def final_recovery(self, ps: Any, late_from_layer: int):
+        """Interval of the mean normalized resid_pre recovery at the final position over layers >= late."""
+        return self.ratio_ci(self.patch(ps, "resid_pre"), lambda r: r[..., late_from_layer:, -1].mean(-1))
+
+    def other_recovery(self, ps: Any, late_from_layer: int):
+        """Interval of the largest normalized resid_pre recovery at a non-final position, layers >= late."""
+        return self.ratio_ci(self.patch(ps, "resid_pre"),
+                             lambda r: r[..., late_from_layer:, :-1].flatten(-2).amax(-1))
+
+    def mlp_attention_ratio(self, ps: Any, method: str, from_layer: int):
+        """Interval of sum_l |mean MLP effect| / sum_l |mean attention effect| at the final position."""
+        import torch
+
+        mlp = self.effects(self.patch(ps, "mlp_out", method))[from_layer:, -1]
+        attn = self.effects(self.patch(ps, "attn_out", method))[from_layer:, -1]
+        n = mlp.shape[0]
+
+        def ratio(x):
+            means = x.mean(-1).abs()
+            return means[..., :n].sum(-1) / means[..., n:].sum(-1)
+
+        return self.ci(torch.cat([mlp, attn]), ratio)
+
+    def head_effects(self, ps: Any):
+        """``[3, layer * head, batch]``: v, pattern and z patching effects (patched - corrupted)."""
+        import torch
+
+        return torch.stack([self.effects(self.patch(ps, site)).flatten(0, 1) for site in ("v", "pattern", "z")])
+
+    def value_pattern_correlation(self, ps: Any):
+        """Interval of the Pearson correlation across heads of mean(v) + mean(pattern) with mean(z)."""
+        def correlation(x):
+            means = x.mean(-1)
+            a, b = means[..., 0, :] + means[..., 1, :], means[..., 2, :]
+            a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
+            return (a * b).sum(-1) / (a.pow(2).sum(-1).sqrt() * b.pow(2).sum(-1).sqrt())
+
+        return self.ci(self.head_effects(ps), correlation)
+
+    def value_pattern_residual(self, ps: Any):
+        """Interval of the largest |v + pattern - z| over heads, as a fraction of (clean - corrupted)."""
+        import torch
+
+        clean, corrupted = self.logit_diffs(ps)
+        stacked = torch.cat([self.head_effects(ps).flatten(0, 1), (clean - corrupted).double()[None]])
+
+        def largest_residual(x):
+            means = x.mean(-1)
+            v, pattern, z = means[..., :-1].unflatten(-1, (3, -1)).unbind(-2)
+            return ((v + pattern - z) / means[..., -1:]).abs().amax(-1)
+
+        return self.ci(stacked, largest_residual)
+
+    def head_values(self, ps: Any, by: str):
+        """Per-head, per-prompt values ranked by a claim: ``[layer, head, batch]``.
+
+        ``by`` is ``"z_patching"`` (z patching effect) or ``"attribution"`` (direct logit attribution).
+        """
+        if by == "z_patching":
+            return self.effects(self.patch(ps, "z"))
+        if by == "attribution":
+            return self.head_attribution(ps).values.double().cpu()
+        raise ValueError(f"by={by!r}: rank heads by 'z_patching' or 'attribution'.")
+
+    def worst_head_rank(self, ps: Any, heads: Any, by: str):
+        """Interval of the largest rank (1 = largest |mean|) among ``heads`` (objects with layer, index)."""
+        import torch
+
+        def statistic(x):
+            magnitude = x.mean(-1).abs().flatten(-2)
+            n_heads = x.shape[-2]
+            ranks = [1 + (magnitude > magnitude[..., h.layer * n_heads + h.index, None]).sum(-1) for h in heads]
+            return torch.stack(ranks, -1).amax(-1).double()
+
+        return self.ci(self.head_values(ps, by), statistic)
+
+    def weakest_signed_attribution(self, ps: Any, signed: Any):
+        """Interval of the smallest sign-oriented mean attribution; ``signed`` is [(head, +1.0 or -1.0)]."""
+        import torch
+
+        values = self.head_values(ps, "attribution")
+        oriented = torch.stack([s * values[h.layer, h.index] for h, s in signed])  # [head, batch]
+        return self.ci(oriented, lambda x: x.mean(-1).amin(-1))

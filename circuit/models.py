@@ -62,6 +62,10 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
 
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """Keep pretty-printers (hypothesis' falsifying examples) to the short repr."""
+        printer.text(repr(self))
+
     @property
     def label(self) -> str:
         """A short label for reports: the folder's name or the hub id, with the revision if any."""

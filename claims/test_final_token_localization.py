@@ -29,7 +29,7 @@ def test_final_position_recovers_in_late_layers(model, lab, claim, evidence, dat
     prompt_set = lab.draw(data)
     lab.require_task_solved(prompt_set, evidence)
     late = claim.late_from_layer
-    recovery = lab.ratio_ci(lab.patch(prompt_set, "resid_pre"), lambda r: r[..., late:, -1].mean(-1))
+    recovery = lab.final_recovery(prompt_set, late)
     record = evidence.record(
         f"mean normalized recovery at the final position, layers {late}+", recovery,
         threshold=f"CI low >= {claim.min_recovery}", holds=bool(recovery.low >= claim.min_recovery),
@@ -44,8 +44,7 @@ def test_no_other_position_recovers_in_late_layers(model, lab, claim, evidence, 
     prompt_set = lab.draw(data)
     lab.require_task_solved(prompt_set, evidence)
     late = claim.late_from_layer
-    largest = lab.ratio_ci(lab.patch(prompt_set, "resid_pre"),
-                           lambda r: r[..., late:, :-1].flatten(-2).amax(-1))
+    largest = lab.other_recovery(prompt_set, late)
     record = evidence.record(
         f"largest normalized recovery at any non-final position, layers {late}+", largest,
         threshold=f"CI high <= {claim.max_other_recovery}", holds=bool(largest.high <= claim.max_other_recovery),

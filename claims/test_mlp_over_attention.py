@@ -8,7 +8,6 @@ approximation), which must agree.
 """
 
 import pytest
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,19 +15,6 @@ from circuit.report import heatmap, line_figure
 
 STATEMENT = ("MLP over attention: at the final position, the summed |effect| of MLP outputs exceeds that of "
              "attention outputs (activation patching and attribution patching agree).")
-
-
-def _ratio_ci(lab, prompt_set, method, from_layer):
-    """Interval of sum_l |mean MLP effect| / sum_l |mean attention effect| at the final position."""
-    mlp = lab.effects(lab.patch(prompt_set, "mlp_out", method))[from_layer:, -1]
-    attn = lab.effects(lab.patch(prompt_set, "attn_out", method))[from_layer:, -1]
-    n = mlp.shape[0]
-
-    def ratio(x):
-        means = x.mean(-1).abs()
-        return means[..., :n].sum(-1) / means[..., n:].sum(-1)
-
-    return lab.ci(torch.cat([mlp, attn]), ratio)
 
 
 def _figures(lab, prompt_set, method):
@@ -52,7 +38,7 @@ def _figures(lab, prompt_set, method):
 def test_mlp_outweighs_attention_by_activation_patching(model, lab, claim, evidence, data):
     prompt_set = lab.draw(data)
     lab.require_task_solved(prompt_set, evidence)
-    ratio = _ratio_ci(lab, prompt_set, "activation", claim.from_layer)
+    ratio = lab.mlp_attention_ratio(prompt_set, "activation", claim.from_layer)
     record = evidence.record(
         f"sum |MLP effect| / sum |attention effect| at the final position, layers {claim.from_layer}+ "
         f"(activation patching)", ratio, threshold=f"CI low > {claim.min_ratio}",
@@ -67,7 +53,7 @@ def test_mlp_outweighs_attention_by_activation_patching(model, lab, claim, evide
 def test_mlp_outweighs_attention_by_attribution_patching(model, lab, claim, evidence, data):
     prompt_set = lab.draw(data)
     lab.require_task_solved(prompt_set, evidence)
-    ratio = _ratio_ci(lab, prompt_set, "attribution", claim.from_layer)
+    ratio = lab.mlp_attention_ratio(prompt_set, "attribution", claim.from_layer)
     record = evidence.record(
         f"sum |MLP effect| / sum |attention effect| at the final position, layers {claim.from_layer}+ "
         f"(attribution patching)", ratio, threshold=f"CI low > {claim.min_ratio}",

@@ -9,24 +9,12 @@ negatively").
 """
 
 import pytest
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from circuit.report import heatmap
 
 STATEMENT = "Named heads matter: each head the spec names is in the top-k heads, with its stated sign."
-
-
-def _worst_rank(values, heads):
-    """Largest rank (1 = most important by |mean|) among ``heads``, per resample: [..., layer, head, batch]."""
-    def statistic(x):
-        magnitude = x.mean(-1).abs().flatten(-2)
-        n_heads = x.shape[-2]
-        ranks = [1 + (magnitude > magnitude[..., h.layer * n_heads + h.index, None]).sum(-1) for h in heads]
-        return torch.stack(ranks, -1).amax(-1).double()
-
-    return values, statistic
 
 
 def _heatmap(values, title, heads, label):
@@ -51,7 +39,7 @@ def test_named_heads_rank_in_top_k_by_z_patching(model, lab, claim, evidence, da
     if not heads:
         pytest.skip("the spec names no head by z_patching")
     prompt_set = lab.draw(data)
-    rank = lab.ci(*_worst_rank(lab.effects(lab.patch(prompt_set, "z")), heads))
+    rank = lab.worst_head_rank(prompt_set, heads, "z_patching")
     record = evidence.record(
         f"worst rank by |z patching effect| among {[h.head for h in heads]}", rank,
         threshold=f"CI high <= top_k = {claim.top_k}", holds=bool(rank.high <= claim.top_k),
@@ -67,7 +55,7 @@ def test_named_heads_rank_in_top_k_by_attribution(model, lab, claim, evidence, d
     if not heads:
         pytest.skip("the spec names no head by attribution")
     prompt_set = lab.draw(data)
-    rank = lab.ci(*_worst_rank(lab.head_attribution(prompt_set).values.double().cpu(), heads))
+    rank = lab.worst_head_rank(prompt_set, heads, "attribution")
     record = evidence.record(
         f"worst rank by |direct logit attribution| among {[h.head for h in heads]}", rank,
         threshold=f"CI high <= top_k = {claim.top_k}", holds=bool(rank.high <= claim.top_k),
@@ -83,9 +71,7 @@ def test_named_heads_have_their_stated_sign(model, lab, claim, evidence, data):
     if not signed:
         pytest.skip("the spec states no head's sign")
     prompt_set = lab.draw(data)
-    values = lab.head_attribution(prompt_set).values.double().cpu()
-    oriented = torch.stack([s * values[h.layer, h.index] for h, s in signed])  # [head, batch]
-    weakest = lab.ci(oriented, lambda x: x.mean(-1).amin(-1))
+    weakest = lab.weakest_signed_attribution(prompt_set, signed)
     record = evidence.record(
         f"smallest sign-oriented mean direct logit attribution among "
         f"{[f'{h.head} ({h.sign})' for h, _ in signed]}", weakest,
