@@ -1,0 +1,316 @@
+"""Claim discovery: measure a model and freeze what was found into a draft claim spec.
+
+``python -m circuit.discover --model PATH`` runs the sweeps every claim reads (residual-stream, attention
+and MLP patching, per-head z / value / pattern patching, direct logit attribution, attention summaries)
+on a few prompt sets drawn, deterministically, from the same strategy the claims draw from, and writes a
+TOML spec (``circuit.spec``) that states what holds on *every* measured set, with margins:
+
+- thresholds sit outside the measured confidence intervals by a margin (a lower bound is floored to
+  ``grid`` below the smallest CI low minus ``margin``; an upper bound is ceiled likewise), so that a
+  re-run on other prompts of the same distribution passes while a real change of the circuit fails;
+- a claim whose statistic does not hold on the measured sets is *not stated*; the draft says why, with
+  the numbers, in a comment (a claim the model does not support is not a regression test);
+- each claim's baseline ``tolerance`` is half the median width of its statistic's measured CIs.
+
+The same statistics as the claims are used (``circuit.lab.Lab``), so a spec written here is judged by the
+claims exactly as it was measured. Review the draft before shipping it: discovery finds, a researcher
+decides what it means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from circuit.spec import (
+    AttributionCompletenessClaim,
+    FinalTokenLocalizationClaim,
+    HfEquivalenceClaim,
+    MlpOverAttentionClaim,
+    ModelSpec,
+    NamedHead,
+    NamedHeadsClaim,
+    PromptSpec,
+    Spec,
+    StatisticsSpec,
+    TaskSolvedClaim,
+    ValuePlusPatternClaim,
+)
+
+__all__ = ["DiscoveryOptions", "discover", "draw_prompt_sets", "render_spec", "main"]
+
+
+@dataclass(frozen=True)
+class DiscoveryOptions:
+    """How discovery measures and how far its thresholds stay from what it measured."""
+
+    prompts: PromptSpec
+    statistics: StatisticsSpec = StatisticsSpec(level=0.95, n_resamples=1000)
+    n_prompt_sets: int = 3
+    """Prompt sets measured; thresholds hold on all of them."""
+    n_heads_named: int = 3
+    """How many of the top heads (by |z patching|) the draft names."""
+    margin: float = 0.1
+    """Distance between a measured CI bound and the threshold written."""
+    grid: float = 0.05
+    """Thresholds are rounded outward to this grid (so re-running discovery gives the same numbers)."""
+    min_recovery: float = 0.5
+    """A layer counts as 'late' for localization when final-position recovery from it on is at least this..."""
+    max_other_recovery: float = 0.5
+    """...and no other position recovers more than this."""
+    max_rank_fraction: float = 0.25
+    """A head is named only if its worst rank stays within this fraction of all heads (else naming it says
+    nothing: every head is in the top-k when k is most heads)."""
+
+
+@dataclass
+class Draft:
+    """A discovered spec: the claims stated, and why the others are not."""
+
+    spec: Spec
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def _floor(x: float, grid: float) -> float:
+    return round(math.floor(x / grid + 1e-9) * grid, 6)
+
+
+def _ceil(x: float, grid: float) -> float:
+    return round(math.ceil(x / grid - 1e-9) * grid, 6)
+
+
+def draw_prompt_sets(lab: Any, n: int) -> list[Any]:
+    """The first ``n`` prompt sets of the lab's strategy, drawn derandomized (the same on every run)."""
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    drawn: list[Any] = []
+
+    @settings(max_examples=max(n * 4, 10), derandomize=True, database=None, deadline=None,
+              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(lab.prompt_sets())
+    def collect(prompt_set: Any) -> None:
+        if len(drawn) < n and prompt_set not in drawn:
+            drawn.append(prompt_set)
+
+    collect()
+    if len(drawn) < n:
+        raise RuntimeError(f"Only {len(drawn)} distinct prompt sets could be drawn (asked {n}); widen the prompts.")
+    return drawn
+
+
+def width_of(intervals: Sequence[Any]) -> float:
+    """Half the median width of some intervals (0 for none): the statistic's noise, for a baseline tolerance."""
+    import statistics
+
+    return statistics.median(float(i.high - i.low) for i in intervals) / 2 if intervals else 0.0
+
+
+def discover(model: Any, options: DiscoveryOptions, *, match: Sequence[str]) -> Draft:
+    """Measure ``model`` (a ``circuit.models.LoadedModel``) and return the draft spec."""
+    from circuit.lab import Lab
+
+    cfg = model.bridge.cfg
+    n_layers, n_heads = cfg.n_layers, cfg.n_heads
+    base = Spec(path=Path("<discovery>"), model=ModelSpec(match=tuple(match), n_layers=n_layers, n_heads=n_heads),
+                statistics=options.statistics, prompts=options.prompts, claims={})
+    lab = Lab(model, base)
+    sets = draw_prompt_sets(lab, options.n_prompt_sets)
+    g, m = options.grid, options.margin
+    claims: dict[str, Any] = {
+        "hf-equivalence": HfEquivalenceClaim(tolerance=1e-5),
+        "attribution-completeness": AttributionCompletenessClaim(tolerance=1e-4, atol=1e-4),
+    }
+    notes: dict[str, str] = {}
+
+    separations = [lab.task_separation(ps) for ps in sets]
+    if not all(bool(s.excludes(0)) for s in separations):
+        notes["task-solved"] = f"not stated: clean - corrupted = {[str(s) for s in separations]}"
+        return Draft(_with(base, claims), notes)
+    claims["task-solved"] = TaskSolvedClaim(tolerance=_ceil(width_of(separations), g))
+
+    late = next((layer for layer in range(n_layers)
+                 if all(float(lab.final_recovery(ps, layer).low) >= options.min_recovery
+                        and float(lab.other_recovery(ps, layer).high) <= options.max_other_recovery for ps in sets)),
+                None)
+    if late is None:
+        notes["final-token-localization"] = (
+            f"not stated: no layer from which the final position recovers >= {options.min_recovery} and no other "
+            f"position more than {options.max_other_recovery}")
+    else:
+        finals = [lab.final_recovery(ps, late) for ps in sets]
+        others = [lab.other_recovery(ps, late) for ps in sets]
+        claims["final-token-localization"] = FinalTokenLocalizationClaim(
+            tolerance=_ceil(width_of(finals), g), late_from_layer=late,
+            min_recovery=_floor(min(float(f.low) for f in finals) - m, g),
+            max_other_recovery=_ceil(max(float(o.high) for o in others) + m, g))
+
+    from_layer = 0 if late is None else late
+    ratios = [lab.mlp_attention_ratio(ps, method, from_layer) for ps in sets for method in ("activation", "attribution")]
+    lowest = min(float(r.low) for r in ratios)
+    if lowest > 1.0:
+        claims["mlp-over-attention"] = MlpOverAttentionClaim(
+            tolerance=_ceil(width_of(ratios), g), from_layer=from_layer, min_ratio=1.0)
+    else:
+        notes["mlp-over-attention"] = (f"not stated: sum|MLP| / sum|attention| from layer {from_layer}, lowest CI "
+                                       f"low {lowest:.3g} <= 1 (activation and attribution patching)")
+
+    named, note = _named_heads(lab, sets, options, n_layers, n_heads)
+    if named is not None:
+        claims["named-heads"] = named
+    if note:
+        notes["named-heads"] = note
+
+    correlations = [lab.value_pattern_correlation(ps) for ps in sets]
+    residuals = [lab.value_pattern_residual(ps) for ps in sets]
+    low_corr = min(float(c.low) for c in correlations)
+    if low_corr >= 0.5:
+        claims["value-plus-pattern"] = ValuePlusPatternClaim(
+            tolerance=_ceil(width_of(correlations), g), min_correlation=_floor(low_corr - m, g),
+            max_residual=_ceil(max(float(r.high) for r in residuals) + m, g))
+    else:
+        notes["value-plus-pattern"] = f"not stated: correlation of (v + pattern) with z, lowest CI low {low_corr:.3g}"
+
+    notes.update(_top_head_attention_note(lab, sets, n_layers))
+    return Draft(_with(base, claims), notes)
+
+
+def _with(base: Spec, claims: dict[str, Any]) -> Spec:
+    from dataclasses import replace
+
+    return replace(base, claims=claims)
+
+
+def _named_heads(lab: Any, sets: Sequence[Any], options: DiscoveryOptions, n_layers: int,
+                 n_heads: int) -> tuple[NamedHeadsClaim | None, str]:
+    """The top heads by mean |z patching effect| over all sets, signed by direct logit attribution.
+
+    A head is named when its rank (by z patching, and by attribution if it ranks as well there) stays within
+    ``max_rank_fraction`` of all heads on every set; ``top_k`` is the worst such rank's CI high.
+    """
+    import torch
+
+    bound = max(1, int(options.max_rank_fraction * n_layers * n_heads))
+    z = torch.stack([lab.head_values(ps, "z_patching").mean(-1) for ps in sets]).mean(0)
+    order = z.abs().flatten().argsort(descending=True)[: options.n_heads_named].tolist()
+    heads, worst, dropped = [], [], []
+    for flat in order:
+        layer, index = divmod(flat, n_heads)
+        attributions = [lab.ci(lab.head_values(ps, "attribution")[layer, index]) for ps in sets]
+        if all(float(a.low) > 0 for a in attributions):
+            sign = "positive"
+        elif all(float(a.high) < 0 for a in attributions):
+            sign = "negative"
+        else:
+            sign = "any"
+        label = f"L{layer}H{index}"
+        ranks = {by: [lab.worst_head_rank(ps, [NamedHead(label, sign, (by,))], by) for ps in sets]
+                 for by in ("z_patching", "attribution")}
+        by = tuple(b for b, r in ranks.items() if max(float(i.high) for i in r) <= bound)
+        if "z_patching" not in by:
+            dropped.append(f"{label} (z patching rank CI high {max(float(i.high) for i in ranks['z_patching']):.0f})")
+            continue
+        heads.append(NamedHead(head=label, sign=sign, by=by))
+        worst += [i for b in by for i in ranks[b]]
+    note = f"heads not named, ranked beyond {bound} of {n_layers * n_heads}: {dropped}" if dropped else ""
+    if not heads:
+        return None, note or "not stated: no head ranks consistently"
+    claim = NamedHeadsClaim(tolerance=_ceil(width_of(worst), 1.0), top_k=int(max(float(r.high) for r in worst)),
+                            heads=tuple(heads))
+    return claim, note
+
+
+def _top_head_attention_note(lab: Any, sets: Sequence[Any], n_layers: int) -> dict[str, str]:
+    """The source's attention claim is stated by hand only; discovery reports what it measured."""
+    import torch
+
+    to_bos = torch.stack([lab.attention(ps).to_bos.double().cpu().mean(-1) for ps in sets]).mean(0)
+    entropy = torch.stack([lab.attention(ps).normalized_entropy.double().cpu().mean(-1) for ps in sets]).mean(0)
+    return {"top-head-attention": (
+        f"not stated by discovery: per layer, the largest mean attention to BOS is "
+        f"{[round(float(x), 2) for x in to_bos.amax(-1)]} and the largest normalized entropy is "
+        f"{[round(float(x), 2) for x in entropy.amax(-1)]}; state it by hand if these support it")}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, float):
+        return repr(round(value, 6))
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return str(value)
+
+
+def render_spec(draft: Draft, *, header: str = "") -> str:
+    """The draft as TOML, with a comment for every claim that is not stated."""
+    from dataclasses import fields
+
+    spec = draft.spec
+    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
+    for title, section in (("model", spec.model), ("statistics", spec.statistics), ("prompts", spec.prompts)):
+        lines += ["", f"[{title}]"]
+        lines += [f"{f.name} = {_toml_value(getattr(section, f.name))}" for f in fields(section)
+                  if getattr(section, f.name) is not None]
+    for claim_id in sorted(set(spec.claims) | set(draft.notes)):
+        lines.append("")
+        if claim_id in draft.notes:
+            lines.append(f"# {claim_id}: {draft.notes[claim_id]}")
+        if claim_id not in spec.claims:
+            continue
+        claim = spec.claims[claim_id]
+        lines.append(f"[claims.{claim_id}]")
+        for f in fields(claim):
+            value = getattr(claim, f.name)
+            if f.name == "heads":
+                lines.append("heads = [")
+                lines += [f'    {{ head = "{h.head}", sign = "{h.sign}", by = {_toml_value(h.by)} }},' for h in value]
+                lines.append("]")
+            else:
+                lines.append(f"{f.name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = argparse.ArgumentParser(prog="python -m circuit.discover", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="hub id or local folder")
+    parser.add_argument("--out", type=Path, help="write the draft spec here (default: print it)")
+    parser.add_argument("--match", action="append", help="names that select the spec (default: the folder name)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--min-digits", type=int, default=2)
+    parser.add_argument("--max-digits", type=int, default=3)
+    parser.add_argument("--min-size", type=int, default=8)
+    parser.add_argument("--max-size", type=int, default=8)
+    parser.add_argument("--metric", default="first_differing_token", choices=["seed", "first_differing_token"])
+    parser.add_argument("--corruptions", nargs="+", default=["same_length"])
+    parser.add_argument("--prompt-sets", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    from circuit.models import load_model
+
+    model = load_model(args.model, device=args.device, with_hf_reference=False)
+    prompts = PromptSpec(min_size=args.min_size, max_size=args.max_size, min_digits=args.min_digits,
+                         max_digits=args.max_digits, corruptions=tuple(args.corruptions), metric=args.metric)
+    options = DiscoveryOptions(prompts=prompts, n_prompt_sets=args.prompt_sets)
+    draft = discover(model, options, match=args.match or [Path(args.model).name])
+    text = render_spec(draft, header=(
+        f"Drafted by `python -m circuit.discover --model {args.model}` from {args.prompt_sets} prompt sets;\n"
+        f"thresholds sit {options.margin} outside the measured 95% CIs. Reviewed before shipping."))
+    if args.out:
+        args.out.write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
