@@ -1,0 +1,119 @@
+"""Task accuracy: does the model, decoding greedily, write the exact product?
+
+A problem counts as solved when greedy decoding after ``BOS + "a x b ="`` produces the answer's tokens
+(``" "`` then one token per digit) followed by the stop token (EOS), i.e. the model writes the product and
+stops. Greedy decoding reproduces a given sequence exactly when, with that sequence teacher-forced, the
+argmax at every answer position is the next token of the sequence: if all argmaxes agree, greedy decoding
+follows the sequence; if one disagrees, greedy decoding leaves it there. So one batched forward pass
+over ``prompt + answer + EOS`` decides exact match for a whole batch, with no generation loop. Rows are
+right-padded; under causal attention padding after a row's last token changes none of its logits.
+
+Works with any callable mapping token ids to logits: a Hugging Face causal LM (its output's ``.logits``)
+or a TransformerLens bridge / ``HookedTransformer`` (a logits tensor).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from circuit.task import Problem
+
+__all__ = ["ExactMatchResult", "exact_match_accuracy"]
+
+
+@dataclass(frozen=True)
+class ExactMatchResult:
+    """Per-problem exact match of greedy decoding.
+
+    Attributes:
+        problems: the problems, in the order given.
+        correct: whether greedy decoding wrote each problem's answer (and then the stop token).
+        first_error: per problem, the index of the first wrong answer token (0 is the leading space), or
+            ``-1`` when correct.
+    """
+
+    problems: tuple[Problem, ...]
+    correct: tuple[bool, ...]
+    first_error: tuple[int, ...]
+
+    @property
+    def accuracy(self) -> float:
+        """Fraction of problems solved exactly."""
+        return sum(self.correct) / len(self.correct)
+
+    @property
+    def n_correct(self) -> int:
+        return sum(self.correct)
+
+    def by_digits(self) -> dict[str, float]:
+        """Accuracy per operand digit counts, keyed ``"{digits of a}x{digits of b}"``."""
+        groups: dict[str, list[bool]] = {}
+        for problem, ok in zip(self.problems, self.correct):
+            groups.setdefault(f"{len(str(problem.a))}x{len(str(problem.b))}", []).append(ok)
+        return {key: sum(v) / len(v) for key, v in sorted(groups.items())}
+
+
+def _logits(model: Any, tokens: Int[Tensor, "batch pos"]) -> Tensor:
+    out = model(tokens)
+    return out if isinstance(out, Tensor) else out.logits
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+@torch.no_grad()
+def exact_match_accuracy(
+    model: Any,
+    tokenizer: Any,
+    problems: Sequence[Problem],
+    *,
+    batch_size: int = 256,
+    prepend_bos: bool = True,
+    require_stop: bool = True,
+    device: str | torch.device | None = None,
+) -> ExactMatchResult:
+    """Greedy exact-match accuracy of ``model`` on ``problems``, in batches of ``batch_size``.
+
+    Args:
+        model: token ids ``[batch, pos]`` -> logits (HF causal LM or TransformerLens model).
+        tokenizer: the model's tokenizer; its EOS is the BOS prepended (Qwen has none) and the stop token.
+        problems: the problems; prompts may have different lengths.
+        prepend_bos: prepend the BOS (or, lacking one, the EOS) token to each prompt, as in training.
+        require_stop: also require the stop token (EOS) right after the last digit.
+        device: where to put the tokens (default: the model's first parameter's device, else cpu).
+    """
+    if not problems:
+        raise ValueError("No problems given: exact-match accuracy needs at least one problem.")
+    eos = tokenizer.eos_token_id
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+    if (prepend_bos and bos is None) or (require_stop and eos is None):
+        raise ValueError("The tokenizer has no EOS token: pass prepend_bos=False and require_stop=False.")
+    if device is None:
+        first = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+        device = first.device if first is not None else torch.device("cpu")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos if eos is not None else 0
+    correct: list[bool] = []
+    first_error: list[int] = []
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start : start + batch_size]
+        rows, spans = [], []
+        for problem in chunk:
+            prompt = ([bos] if prepend_bos else []) + _ids(tokenizer, problem.prompt)
+            answer = _ids(tokenizer, problem.answer) + ([eos] if require_stop else [])
+            rows.append(prompt + answer)
+            spans.append((len(prompt), len(answer)))
+        length = max(map(len, rows))
+        tokens = torch.tensor([r + [pad] * (length - len(r)) for r in rows], device=device)
+        predicted = _logits(model, tokens).argmax(-1)  # [batch, pos]: prediction for the next token
+        for i, (begin, n) in enumerate(spans):
+            wrong = (predicted[i, begin - 1 : begin - 1 + n] != tokens[i, begin : begin + n]).nonzero()
+            correct.append(len(wrong) == 0)
+            first_error.append(int(wrong[0, 0]) if len(wrong) else -1)
+    return ExactMatchResult(tuple(problems), tuple(correct), tuple(first_error))
