@@ -169,14 +169,12 @@ def main() -> None:
                         default=Path(os.environ.get("TMPDIR", "/tmp")) / "circuit-claims-bench")
     args = parser.parse_args()
 
-    import transformer_lens
-    import transformers
+    from importlib.metadata import version
 
     print(f"machine: {platform.machine()} {platform.processor() or ''} {os.cpu_count()} CPUs, "
           f"torch threads {torch.get_num_threads()}, cuda {torch.cuda.is_available()}")
     print(f"python {platform.python_version()}, torch {torch.__version__}, transformer-lens "
-          f"{transformer_lens.__version__ if hasattr(transformer_lens, '__version__') else '?'}, "
-          f"transformers {transformers.__version__}")
+          f"{version('transformer-lens')}, transformers {version('transformers')}")
     sampled = f"{args.tl_sample} random cells per site, time extrapolated to all cells"
     print(f"TL timing: {'every cell' if args.tl_sample <= 0 else sampled}")
     for which in args.models:

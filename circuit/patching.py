@@ -34,8 +34,8 @@ v_kv        one key/value head's ``hook_v`` (shared by all query heads of its gr
 :func:`attribution_patch` is the first-order (gradient) approximation of the same sweeps, for every
 cell at the cost of two forwards and one backward (Nanda 2023, "Attribution Patching"). It is a
 *screen* to decide where to look, not a verdict: it is exact only where the model is linear in the
-patched activation, and is known to miss or misrank cells whose effect saturates (attention patterns,
-early residual positions). Confirm what it finds with :func:`activation_patch`.
+patched activation, and misses or misranks cells whose effect saturates (attention patterns,
+early residual positions; Kramár et al. 2024, "AtP*"). Confirm what it finds with :func:`activation_patch`.
 """
 
 from __future__ import annotations
