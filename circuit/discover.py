@@ -50,7 +50,7 @@ class DiscoveryOptions:
 
     prompts: PromptSpec
     statistics: StatisticsSpec = StatisticsSpec(level=0.95, n_resamples=1000)
-    n_prompt_sets: int = 3
+    n_prompt_sets: int = 5
     """Prompt sets measured; thresholds hold on all of them."""
     n_heads_named: int = 3
     """How many of the top heads (by |z patching|) the draft names."""
@@ -62,6 +62,8 @@ class DiscoveryOptions:
     """A layer counts as 'late' for localization when final-position recovery from it on is at least this..."""
     max_other_recovery: float = 0.5
     """...and no other position recovers more than this."""
+    rank_margin: int = 1
+    """``top_k`` is the worst measured rank (CI high) plus this."""
     max_rank_fraction: float = 0.25
     """A head is named only if its worst rank stays within this fraction of all heads (else naming it says
     nothing: every head is in the top-k when k is most heads)."""
@@ -218,8 +220,8 @@ def _named_heads(lab: Any, sets: Sequence[Any], options: DiscoveryOptions, n_lay
     note = f"heads not named, ranked beyond {bound} of {n_layers * n_heads}: {dropped}" if dropped else ""
     if not heads:
         return None, note or "not stated: no head ranks consistently"
-    claim = NamedHeadsClaim(tolerance=_ceil(width_of(worst), 1.0), top_k=int(max(float(r.high) for r in worst)),
-                            heads=tuple(heads))
+    top_k = math.ceil(max(float(r.high) for r in worst)) + options.rank_margin
+    claim = NamedHeadsClaim(tolerance=_ceil(width_of(worst), 1.0), top_k=top_k, heads=tuple(heads))
     return claim, note
 
 
@@ -287,11 +289,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default=None)
     parser.add_argument("--min-digits", type=int, default=2)
     parser.add_argument("--max-digits", type=int, default=3)
-    parser.add_argument("--min-size", type=int, default=8)
-    parser.add_argument("--max-size", type=int, default=8)
+    parser.add_argument("--min-size", type=int, default=16)
+    parser.add_argument("--max-size", type=int, default=16)
     parser.add_argument("--metric", default="first_differing_token", choices=["seed", "first_differing_token"])
     parser.add_argument("--corruptions", nargs="+", default=["same_length"])
-    parser.add_argument("--prompt-sets", type=int, default=3)
+    parser.add_argument("--prompt-sets", type=int, default=DiscoveryOptions.n_prompt_sets)
     args = parser.parse_args(argv)
 
     from circuit.models import load_model
