@@ -38,20 +38,15 @@ import torch  # noqa: E402
 
 from circuit.metrics import seed_logit_diff  # noqa: E402
 from circuit.models import load_model  # noqa: E402
-from circuit.patching import SITES, activation_patch, reference_activation_patch  # noqa: E402
+from circuit.patching import (  # noqa: E402
+    SITES,
+    TRANSFORMER_LENS_SWEEPS as TL_SWEEPS,
+    activation_patch,
+    reference_activation_patch,
+)
 from circuit.prompts import corrupt_same_length, tokenize_prompts  # noqa: E402
 from circuit.task import make_problems, perturb  # noqa: E402
 from fixtures.test_models import QWEN_FOLDER, TEST_MODELS, TOKENIZER_FILES, build_test_model  # noqa: E402
-
-TL_SWEEPS = {
-    "resid_pre": "get_act_patch_resid_pre",
-    "attn_out": "get_act_patch_attn_out",
-    "mlp_out": "get_act_patch_mlp_out",
-    "z": "get_act_patch_attn_head_out_all_pos",
-    "pattern": "get_act_patch_attn_head_pattern_all_pos",
-    "v_kv": "get_act_patch_attn_head_v_all_pos",
-}
-"""The TransformerLens sweep that computes each site (``v`` has none)."""
 
 
 def build_qwen_shaped(folder: Path, seed: int = 0) -> Path:

@@ -2,7 +2,7 @@
 
 ``python -m circuit.discover --model PATH`` runs the sweeps every claim reads (residual-stream, attention
 and MLP patching, per-head z / value / pattern patching, direct logit attribution, attention summaries)
-on a few prompt sets drawn, deterministically, from the same strategy the claims draw from, and writes a
+on a few prompt sets drawn, deterministically, from the same distribution the claims draw from, and writes a
 TOML spec (``circuit.spec``) that states what holds on *every* measured set, with margins:
 
 - thresholds sit outside the measured confidence intervals by a margin (a lower bound is floored to
@@ -85,23 +85,46 @@ def _ceil(x: float, grid: float) -> float:
     return round(math.ceil(x / grid - 1e-9) * grid, 6)
 
 
-def draw_prompt_sets(lab: Any, n: int) -> list[Any]:
-    """The first ``n`` prompt sets of the lab's strategy, drawn derandomized (the same on every run)."""
-    from hypothesis import HealthCheck, Phase, given, settings
+def draw_prompt_sets(lab: Any, n: int, *, seed: int = 0, max_tries: int = 10_000) -> list[Any]:
+    """``n`` prompt sets within the lab's spec that the claims would measure on, drawn with seeded Python
+    randomness (the same on every run and in every process; hypothesis' own draws depend on what it ran
+    before). Sets alternate between both operand orders and independent operands, as the claims' do."""
+    import random
 
+    from circuit.prompts import corrupt_reversed, corrupt_same_length
+    from circuit.strategies import PromptSet
+    from circuit.task import Problem, perturbations
+
+    p = lab.spec.prompts
     drawn: list[Any] = []
-
-    @settings(max_examples=max(n * 4, 10), derandomize=True, database=None, deadline=None,
-              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
-    @given(lab.prompt_sets())
-    def collect(prompt_set: Any) -> None:
-        if len(drawn) < n and prompt_set not in drawn:
+    for attempt in range(max_tries):
+        if len(drawn) == n:
+            return drawn
+        rng = random.Random(f"{seed}:{attempt}")
+        size = rng.randint(p.min_size, p.max_size)
+        both_orders = attempt % 2 == 0
+        na = rng.randint(p.min_digits, p.max_digits)
+        nb = na if both_orders else rng.randint(p.min_digits, p.max_digits)
+        clean: list[Problem] = []
+        while len(clean) < size:
+            pair = Problem(rng.randrange(10 ** (na - 1), 10**na), rng.randrange(10 ** (nb - 1), 10**nb))
+            clean += [pair, pair.swapped()] if both_orders else [pair]
+        clean = clean[:size]
+        options = [perturbations(q.product) for q in clean]
+        if not all(options):
+            continue
+        incorrect = tuple(o[rng.choice(sorted(o))] for o in options)
+        corruption = p.corruptions[attempt % len(p.corruptions)]
+        if corruption == "reversed":
+            corrupted = corrupt_reversed(clean)
+            if any(c.product == x.product for c, x in zip(clean, corrupted)):
+                continue
+        else:
+            corrupted = corrupt_same_length(clean, seed=rng.randrange(2**16))
+        prompt_set = PromptSet(tuple(clean), incorrect, tuple(corrupted), corruption)
+        if lab.accepts(prompt_set) and prompt_set not in drawn:
             drawn.append(prompt_set)
-
-    collect()
-    if len(drawn) < n:
-        raise RuntimeError(f"Only {len(drawn)} distinct prompt sets could be drawn (asked {n}); widen the prompts.")
-    return drawn
+    raise RuntimeError(f"Only {len(drawn)} acceptable prompt sets in {max_tries} tries (asked {n}); widen the prompts.")
 
 
 def width_of(intervals: Sequence[Any]) -> float:

@@ -59,10 +59,15 @@ class Lab:
         p = self.spec.prompts
         sets = prompt_sets(self.model.tokenizer, min_size=p.min_size, max_size=p.max_size,
                            min_digits=p.min_digits, max_digits=p.max_digits, corruptions=p.corruptions)
-        sets = sets.filter(lambda ps: len(set(ps.clean)) == len(ps.clean))
-        if p.metric == "first_differing_token":
-            sets = sets.filter(lambda ps: len({k for k, *_ in self._split_answers(ps)}) == 1)
-        return sets
+        return sets.filter(self.accepts)
+
+    def accepts(self, ps: Any) -> bool:
+        """Whether the claims measure on ``ps``: distinct clean prompts and, with the
+        'first_differing_token' metric, answers that first differ at one depth for every prompt."""
+        if len(set(ps.clean)) != len(ps.clean):
+            return False
+        return self.spec.prompts.metric != "first_differing_token" or len(
+            {k for k, *_ in self._split_answers(ps)}) == 1
 
     def draw(self, data: Any):
         """Draw one prompt set with hypothesis' ``st.data()`` object (shown in a falsifying example)."""

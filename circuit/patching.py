@@ -54,6 +54,7 @@ from circuit.stats import Interval, bootstrap_ci
 
 __all__ = [
     "SITES",
+    "TRANSFORMER_LENS_SWEEPS",
     "NotSignificantError",
     "PatchResult",
     "activation_patch",
@@ -71,6 +72,17 @@ SITES: dict[str, tuple[str, str]] = {
     "v_kv": ("layer", "kv_head"),
 }
 """Every site, with the names of its cell axes."""
+
+TRANSFORMER_LENS_SWEEPS: dict[str, str] = {
+    "resid_pre": "get_act_patch_resid_pre",
+    "attn_out": "get_act_patch_attn_out",
+    "mlp_out": "get_act_patch_mlp_out",
+    "z": "get_act_patch_attn_head_out_all_pos",
+    "pattern": "get_act_patch_attn_head_pattern_all_pos",
+    "v_kv": "get_act_patch_attn_head_v_all_pos",
+}
+"""The ``transformer_lens.patching`` sweep that computes each site (``v``, per query head, has none: TL's
+value sweep patches key/value heads, which is ``v_kv``)."""
 
 POSITION_SITES = ("resid_pre", "attn_out", "mlp_out")
 HEAD_SITES = ("z", "pattern", "v", "v_kv")

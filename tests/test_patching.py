@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from circuit import _forward as fwd
 from circuit.metrics import seed_logit_diff, teacher_forced_logprob_diff
 from circuit.patching import (
+    TRANSFORMER_LENS_SWEEPS as TL_SWEEPS,
     SITES,
     NotSignificantError,
     activation_patch,
@@ -30,15 +31,6 @@ from circuit.task import make_problems, perturb
 
 TOLERANCE = 1e-4
 """Max abs difference allowed between two exact computations of a patched metric (float32)."""
-
-TL_SWEEPS = {
-    "resid_pre": "get_act_patch_resid_pre",
-    "attn_out": "get_act_patch_attn_out",
-    "mlp_out": "get_act_patch_mlp_out",
-    "z": "get_act_patch_attn_head_out_all_pos",
-    "pattern": "get_act_patch_attn_head_pattern_all_pos",
-    "v_kv": "get_act_patch_attn_head_v_all_pos",
-}
 
 FAST = settings(max_examples=2, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
