@@ -54,7 +54,7 @@ class DiscoveryOptions:
     """Prompt sets measured; thresholds hold on all of them."""
     n_heads_named: int = 3
     """How many of the top heads (by |z patching|) the draft names."""
-    margin: float = 0.1
+    margin: float = 0.15
     """Distance between a measured CI bound and the threshold written."""
     grid: float = 0.05
     """Thresholds are rounded outward to this grid (so re-running discovery gives the same numbers)."""
