@@ -48,6 +48,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from circuit.metrics import AnswerMetric, LogitDiffMetric, LogProbDiffMetric
+from circuit.spec import parse_head as parse_label
 
 __all__ = [
     "HeadAttribution",
@@ -81,15 +82,7 @@ def head_label(layer: int, head: int) -> str:
 def parse_head(head: str | tuple[int, int], n_layers: int, n_heads: int) -> tuple[int, int]:
     """``"L3H2"`` or ``(3, 2)`` -> ``(3, 2)``, checked against the model's size."""
     if isinstance(head, str):
-        text = head.strip().upper()
-        try:
-            layer_text, head_text = text[1:].split("H")
-            if not text.startswith("L"):
-                raise ValueError
-            parsed = int(layer_text), int(head_text)
-        except ValueError:
-            raise ValueError(f"Head {head!r} is not a head label: write it as 'L{{layer}}H{{head}}', "
-                             f"e.g. 'L0H3', or as a (layer, head) tuple.") from None
+        parsed = parse_label(head.strip().upper())
     else:
         parsed = (int(head[0]), int(head[1]))
     if not (0 <= parsed[0] < n_layers and 0 <= parsed[1] < n_heads):
