@@ -29,7 +29,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from circuit.attribution import TopBy, _top_k, head_label, parse_head
-from circuit.prompts import PromptBatch
+from circuit.prompts import PromptBatch, bos_token_id
 
 __all__ = ["AttentionSummary", "HeadPatterns", "head_patterns", "operand_positions", "summarize_attention"]
 
@@ -60,7 +60,7 @@ def _unpack(tokens: PromptBatch | Tensor, attention_mask: Tensor | None) -> tupl
 def _bos_positions(tokenizer: Any, tokens: Tensor, mask: Tensor) -> Int[Tensor, " batch"]:
     """The first real (unmasked) position of each row, checked to hold the BOS token."""
     first = mask.long().argmax(-1)
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    bos = bos_token_id(tokenizer)
     found = tokens[torch.arange(tokens.shape[0]), first]
     wrong = (found != bos).nonzero().flatten().tolist()
     if wrong:

@@ -30,7 +30,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from circuit.prompts import PromptBatch, tokenize_prompts
+from circuit.prompts import PromptBatch, bos_token_id, tokenize_prompts
 from circuit.task import Problem
 
 __all__ = [
@@ -162,7 +162,7 @@ def seed_logit_diff(
 ) -> LogitDiffMetric:
     """Metric (a): the source analysis' logit difference, quirks included (see the module docstring)."""
     _check_answers(problems, incorrect)
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    bos = bos_token_id(tokenizer)
     pairs = [([bos, *answer_token_ids(tokenizer, p.product)], [bos, *answer_token_ids(tokenizer, x)])
              for p, x in zip(problems, incorrect)]
     slots = max(max(len(c), len(i)) for c, i in pairs)

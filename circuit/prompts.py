@@ -29,6 +29,7 @@ __all__ = [
     "CorruptionError",
     "PromptBatch",
     "UnequalLengthError",
+    "bos_token_id",
     "check_corruption",
     "corrupt_reversed",
     "corrupt_same_length",
@@ -70,7 +71,8 @@ class PromptBatch:
         return len(self.prompts)
 
 
-def _bos_id(tokenizer: Any) -> int:
+def bos_token_id(tokenizer: Any) -> int:
+    """The token prepended as BOS: the tokenizer's BOS, else its EOS (Qwen's ``<|endoftext|>``)."""
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if bos is None:
         raise ValueError("The tokenizer has neither a BOS nor an EOS token to prepend; pass prepend_bos=False.")
@@ -97,7 +99,7 @@ def tokenize_prompts(
         raise ValueError(f"padding={padding!r}: use 'error' (equal lengths required) or 'left'.")
     if not prompts:
         raise ValueError("No prompts given: a batch needs at least one prompt.")
-    bos = [_bos_id(tokenizer)] if prepend_bos else []
+    bos = [bos_token_id(tokenizer)] if prepend_bos else []
     ids = [bos + _encode(tokenizer, p) for p in prompts]
     lengths = [len(x) for x in ids]
     longest = max(lengths)

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from circuit.equivalence import compare_models
-from circuit.prompts import tokenize_prompts
+from circuit.prompts import bos_token_id, tokenize_prompts
 from circuit.strategies import problem_sets
 
 STATEMENT = "TransformerLens (bridge, compatibility mode) and Hugging Face give the same next-token probabilities."
@@ -41,5 +41,4 @@ def test_bridge_matches_hf_on_multiplication_prompts(model, claim, evidence, pro
 @given(text=st.text(min_size=1, max_size=40))
 def test_bridge_matches_hf_on_arbitrary_text(model, claim, evidence, text):
     ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
-    bos = model.tokenizer.bos_token_id if model.tokenizer.bos_token_id is not None else model.tokenizer.eos_token_id
-    _judge(model, claim, evidence, torch.tensor([[bos, *ids]]), text)
+    _judge(model, claim, evidence, torch.tensor([[bos_token_id(model.tokenizer), *ids]]), text)
