@@ -86,15 +86,10 @@ class Lab:
 
     def _split_answers(self, ps: Any) -> list[tuple[int, list[int], int, int]]:
         """Per prompt: (k, common prefix, clean token, corrupted token) of clean vs corrupted-prompt answers."""
-        from circuit.metrics import answer_token_ids
+        from circuit.metrics import first_difference
 
-        out = []
-        for clean, corrupted in zip(ps.clean, ps.corrupted):
-            c = answer_token_ids(self.model.tokenizer, clean.product)
-            x = answer_token_ids(self.model.tokenizer, corrupted.product)
-            k = next((i for i, (a, b) in enumerate(zip(c, x)) if a != b), None)
-            out.append((-1, [], 0, 0) if k is None else (k, c[:k], c[k], x[k]))
-        return out
+        splits = [first_difference(self.model.tokenizer, c.product, x.product) for c, x in zip(ps.clean, ps.corrupted)]
+        return [(-1, [], 0, 0) if s is None else (len(s[0]), *s) for s in splits]
 
     def inputs(self, ps: Any):
         """``(clean batch, corrupted batch, metric)``: the token batches and the spec's metric.

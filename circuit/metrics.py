@@ -39,6 +39,7 @@ __all__ = [
     "LogProbDiffMetric",
     "MetricInputs",
     "answer_token_ids",
+    "first_difference",
     "first_token_logit_diff",
     "seed_logit_diff",
     "teacher_forced_logprob_diff",
@@ -204,6 +205,14 @@ def teacher_forced_logprob_diff(
     return MetricInputs(tokens, LogProbDiffMetric(positions, targets, mask))
 
 
+def first_difference(tokenizer: Any, answer: int, other: int) -> tuple[list[int], int, int] | None:
+    """``(common prefix, answer's token, other's token)`` at the first token where two answers differ, or
+    ``None`` when one answer's tokens only extend the other's."""
+    a, b = answer_token_ids(tokenizer, answer), answer_token_ids(tokenizer, other)
+    k = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+    return None if k is None else (a[:k], a[k], b[k])
+
+
 def first_token_logit_diff(
     tokenizer: Any, problems: Sequence[Problem], incorrect: Sequence[int], *, prepend_bos: bool = True
 ) -> MetricInputs:
@@ -211,15 +220,12 @@ def first_token_logit_diff(
     _check_answers(problems, incorrect)
     prefixes, firsts = [], []
     for p, x in zip(problems, incorrect):
-        c, i = answer_token_ids(tokenizer, p.product), answer_token_ids(tokenizer, x)
-        k = 0
-        while k < min(len(c), len(i)) and c[k] == i[k]:
-            k += 1
-        if k == min(len(c), len(i)):
+        split = first_difference(tokenizer, p.product, x)
+        if split is None:
             raise ValueError(f"Answers {p.answer!r} and ' {x}' differ only in length after a common prefix: "
                              f"there is no first differing token. Choose another perturbation.")
-        prefixes.append(c[:k])
-        firsts.append((c[k], i[k]))
+        prefixes.append(split[0])
+        firsts.append(split[1:])
     rows, starts = _teacher_forced_rows(tokenizer, problems, prefixes, prepend_bos)
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
