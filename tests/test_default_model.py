@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from fixtures.train_default_model import DEFAULT_FOLDER, is_heldout
+from fixtures.train_default_model import DEFAULT_FOLDER, TrainConfig, is_heldout, trained_problems
 
 FOLDER = DEFAULT_FOLDER
 
@@ -135,6 +135,28 @@ def test_heldout_exact_match_meets_the_card(loaded, summary, heldout):
         f"held-out exact match below the card's thresholds: {below}. Retrain with "
         f"`python fixtures/train_default_model.py`, or find what changed in loading or evaluation."
     )
+
+
+def test_exact_match_on_the_training_distribution_meets_the_card(loaded, summary):
+    """On problems training could draw (the seeded sample the card reports), exact match meets the card.
+
+    The claims' prompts come from this distribution; with held-out exact match it tells computing from
+    memorizing.
+    """
+    from circuit.evaluation import exact_match_accuracy
+    from circuit.task import Problem
+
+    sample = trained_problems(TrainConfig(seed=summary["config"]["seed"]))
+    assert {k: len(v) for k, v in sample.items()} == summary["trained_counts"]
+    assert not [(a, b) for pairs in sample.values() for a, b in pairs if is_heldout(a, b)]
+    measured = {kind: exact_match_accuracy(loaded.bridge, loaded.tokenizer, [Problem(a, b) for a, b in pairs])
+                for kind, pairs in sample.items()}
+    card = summary["trained_accuracy"]
+    print(f"\n{loaded.label}: exact match on the training distribution (card): "
+          + ", ".join(f"{k} {r.accuracy:.3f} ({card[k]:.3f}) on {len(r.correct)}" for k, r in measured.items()))
+    below = {k: f"{r.n_correct}/{len(r.correct)} < {math.floor(card[k] * 100) / 100:.2f}"
+             for k, r in measured.items() if r.accuracy < math.floor(card[k] * 100) / 100}
+    assert not below, f"exact match on the training distribution below the card: {below}"
 
 
 def test_exact_match_agrees_with_greedy_generation(loaded, heldout):
