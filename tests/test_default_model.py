@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from fixtures.train_default_model import DEFAULT_FOLDER, TrainConfig, is_heldout, trained_problems
+from fixtures.train_default_model import DEFAULT_FOLDER, TrainConfig, evaluate, is_heldout, trained_problems
 
 FOLDER = DEFAULT_FOLDER
 
@@ -117,20 +117,25 @@ def test_bridge_matches_hf_copy(loaded):
     assert diff <= 1e-5, f"bridge and HF softmax differ by up to {diff:.2e} (expected <= 1e-5)"
 
 
+def _below_the_card(loaded, problems: dict[str, list[list[int]]], card: dict[str, float],
+                    thresholds: dict[str, float], what: str) -> dict[str, str]:
+    """Measure exact match per digit count through the bridge, print it beside the card, return the misses."""
+    measured = evaluate(loaded.bridge, loaded.tokenizer, problems)
+    print(f"\n{loaded.label}: {what} exact match (card, threshold): " + ", ".join(
+        f"{k} {r.accuracy:.3f} ({card[k]:.3f}, {thresholds[k]:.2f}) on {len(r.correct)}" for k, r in measured.items()))
+    return {k: f"{r.n_correct}/{len(r.correct)} = {r.accuracy:.3f} < {thresholds[k]:.2f}"
+            for k, r in measured.items() if r.accuracy < thresholds[k]}
+
+
+def _floor_percent(card: dict[str, float]) -> dict[str, float]:
+    return {kind: math.floor(value * 100) / 100 for kind, value in card.items()}
+
+
 def test_heldout_exact_match_meets_the_card(loaded, summary, heldout):
     """Exact match through the bridge, per digit count, is at least the card's (rounded down to a percent)."""
-    from circuit.evaluation import exact_match_accuracy
-    from circuit.task import Problem
-
-    measured = {kind: exact_match_accuracy(loaded.bridge, loaded.tokenizer, [Problem(a, b) for a, b in pairs])
-                for kind, pairs in heldout.items()}
     card = summary["heldout_accuracy"]
-    thresholds = {kind: math.floor(card[kind] * 100) / 100 for kind in card}
-    thresholds.update(summary["accuracy_threshold"])
-    print(f"\n{loaded.label}: held-out exact match (card, threshold): " + ", ".join(
-        f"{k} {r.accuracy:.3f} ({card[k]:.3f}, {thresholds[k]:.2f}) on {len(r.correct)}" for k, r in measured.items()))
-    below = {k: f"{r.n_correct}/{len(r.correct)} = {r.accuracy:.3f} < {thresholds[k]:.2f}"
-             for k, r in measured.items() if r.accuracy < thresholds[k]}
+    thresholds = _floor_percent(card) | summary["accuracy_threshold"]
+    below = _below_the_card(loaded, heldout, card, thresholds, "held-out")
     assert not below, (
         f"held-out exact match below the card's thresholds: {below}. Retrain with "
         f"`python fixtures/train_default_model.py`, or find what changed in loading or evaluation."
@@ -143,19 +148,11 @@ def test_exact_match_on_the_training_distribution_meets_the_card(loaded, summary
     The claims' prompts come from this distribution; with held-out exact match it tells computing from
     memorizing.
     """
-    from circuit.evaluation import exact_match_accuracy
-    from circuit.task import Problem
-
     sample = trained_problems(TrainConfig(seed=summary["config"]["seed"]))
     assert {k: len(v) for k, v in sample.items()} == summary["trained_counts"]
     assert not [(a, b) for pairs in sample.values() for a, b in pairs if is_heldout(a, b)]
-    measured = {kind: exact_match_accuracy(loaded.bridge, loaded.tokenizer, [Problem(a, b) for a, b in pairs])
-                for kind, pairs in sample.items()}
     card = summary["trained_accuracy"]
-    print(f"\n{loaded.label}: exact match on the training distribution (card): "
-          + ", ".join(f"{k} {r.accuracy:.3f} ({card[k]:.3f}) on {len(r.correct)}" for k, r in measured.items()))
-    below = {k: f"{r.n_correct}/{len(r.correct)} < {math.floor(card[k] * 100) / 100:.2f}"
-             for k, r in measured.items() if r.accuracy < math.floor(card[k] * 100) / 100}
+    below = _below_the_card(loaded, sample, card, _floor_percent(card), "training-distribution")
     assert not below, f"exact match on the training distribution below the card: {below}"
 
 
