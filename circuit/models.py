@@ -11,19 +11,47 @@ processed weights into it, so comparing the bridge with the model it wraps compa
 
 Loading never reaches a hub when ``HF_HUB_OFFLINE=1`` is set; a model that is neither a local folder nor
 in the HF cache then raises :class:`ModelNotAvailableError`, naming the model and how to provide it.
-Remote code runs only when ``trust_remote_code=True`` is asked for; weights load from safetensors.
+Remote code runs only when ``trust_remote_code=True`` is asked for; weights load from safetensors only
+(unpickling a ``pytorch_model.bin`` can run arbitrary code, so such a folder is refused with a recipe to
+convert it: :class:`UnsafeWeightsError`).
+
+A local folder is checked before anything loads (:func:`check_model_folder`): a folder that is empty,
+lacks ``config.json``, tokenizer files or weights, or holds a truncated or corrupted safetensors file
+raises :class:`ModelFolderError`, naming the folder, what is wrong and the fix. Transformers would
+otherwise load a folder without tokenizer files as a one-token tokenizer that turns every prompt into
+``[0]``. Every tokenizer, local or from the hub, must then encode the task (:func:`check_tokenizer`):
+digits, the separators ``" x"`` and ``" ="`` and whole prompts round-trip, and distinct digits get
+distinct tokens; else :class:`TokenizerError`. Devices and dtypes are checked by :func:`resolve_device`
+(the device must exist on this machine) and :func:`resolve_dtype`, with :class:`DeviceError` and
+:class:`DtypeError`.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["LoadedModel", "ModelNotAvailableError", "load_model", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "DeviceError",
+    "DtypeError",
+    "LoadedModel",
+    "ModelFolderError",
+    "ModelLoadError",
+    "ModelNotAvailableError",
+    "TokenizerError",
+    "UnsafeWeightsError",
+    "check_model_folder",
+    "check_tokenizer",
+    "load_model",
+    "resolve_device",
+    "resolve_dtype",
+]
 
 _DTYPES = {
     "float32": torch.float32,
@@ -36,8 +64,33 @@ _DTYPES = {
 }
 
 
-class ModelNotAvailableError(RuntimeError):
+class ModelLoadError(RuntimeError):
+    """The model cannot be loaded as given; the message names it, what is wrong and the fix."""
+
+
+class ModelNotAvailableError(ModelLoadError):
     """The model's files are neither in a local folder, nor in the HF cache, nor reachable."""
+
+
+class ModelFolderError(ModelLoadError):
+    """A local model folder is incomplete or holds a broken file (empty, no config, tokenizer or weights,
+    truncated or corrupted safetensors)."""
+
+
+class UnsafeWeightsError(ModelFolderError):
+    """The weights are pickle files only (``pytorch_model.bin``...): refused, safetensors only."""
+
+
+class TokenizerError(ModelLoadError):
+    """The tokenizer cannot encode the task's prompts and answers faithfully."""
+
+
+class DeviceError(ValueError):
+    """A device name torch does not know, or a device this machine does not have."""
+
+
+class DtypeError(ValueError):
+    """A dtype name that is not a floating-point torch dtype."""
 
 
 @dataclass(frozen=True)
@@ -73,23 +126,66 @@ class LoadedModel:
         return f"{base}@{self.revision}" if self.revision else base
 
 
+_DEVICE_HELP = "use 'auto' (cuda when present, else cpu), 'cpu', 'cuda', 'cuda:<index>' or 'mps'"
+
+
+def _unavailable_reason(device: torch.device) -> str | None:
+    """Why ``device`` cannot be used on this machine, or ``None`` when it can."""
+    if device.type == "cpu":
+        return None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            return f"torch {torch.__version__} ({build}) sees no CUDA GPU"
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            return f"torch sees {count} CUDA GPU(s), cuda:0..cuda:{count - 1}"
+        return None
+    if device.type == "mps":
+        return None if torch.backends.mps.is_available() else "the MPS backend (Apple GPUs) is not available"
+    backend = getattr(torch, device.type, None)
+    is_available = getattr(backend, "is_available", None)
+    if callable(is_available) and is_available():
+        return None
+    return f"torch has no usable {device.type!r} backend here"
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None`` or ``"auto"`` picks cuda when present, else cpu; anything else is taken as given."""
+    """``None`` or ``"auto"`` picks cuda when present, else cpu; any other device must exist on this machine.
+
+    Raises:
+        DeviceError: an unknown device name, or a device this machine does not have (``"cuda"`` without a
+            GPU, ``"mps"`` off Apple silicon, ``"cuda:3"`` with one GPU).
+    """
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise DeviceError(f"Unknown device {device!r}: {_DEVICE_HELP}.") from None
+    reason = _unavailable_reason(resolved)
+    if reason is not None:
+        raise DeviceError(f"Device {device!r} is not available on this machine ({reason}): "
+                          f"use 'cpu', or 'auto' to take a GPU when there is one.")
+    return resolved
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """Accepts a torch dtype or one of its names (``float32``, ``bf16``...)."""
+    """Accepts a floating-point torch dtype or one of its names (``float32``, ``bf16``...).
+
+    Raises:
+        DtypeError: any other name or dtype.
+    """
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise DtypeError(f"dtype {dtype} is not a floating-point dtype: use one of {sorted(_DTYPES)}.")
         return dtype
     try:
         return _DTYPES[str(dtype).lower()]
     except KeyError:
-        raise ValueError(f"Unknown dtype {dtype!r}: use one of {sorted(_DTYPES)}.") from None
+        raise DtypeError(f"Unknown dtype {dtype!r}: use one of {sorted(_DTYPES)}.") from None
 
 
 def _offline() -> bool:
@@ -117,6 +213,128 @@ def _not_available(name: str, revision: str | None, cause: BaseException) -> Mod
     )
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "spiece.model", "vocab.txt")
+"""A folder holding none of these has no tokenizer (BPE needs ``vocab.json`` with ``merges.txt``)."""
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+_FOLDER_FIX = ("a model folder needs config.json, tokenizer files (tokenizer.json, or vocab.json + merges.txt) and "
+               "*.safetensors weights, as written by model.save_pretrained(folder) and tokenizer.save_pretrained(folder)")
+
+
+def _convert_recipe(folder: Path) -> str:
+    return (f"convert them once, only if you trust the file: python -c \"from transformers import "
+            f"AutoModelForCausalLM as M; M.from_pretrained('{folder}', use_safetensors=False)"
+            f".save_pretrained('{folder}', safe_serialization=True)\" (or safetensors.torch.save_file on the "
+            f"state dict that torch.load(path, weights_only=True) returns)")
+
+
+def _check_safetensors(path: Path) -> str | None:
+    """What is wrong with a safetensors file (its header and size), or ``None`` when it looks whole."""
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                return f"it holds {size} bytes, too few for a safetensors header"
+            (length,) = struct.unpack("<Q", prefix)
+            if length > size - 8:
+                return f"its header claims {length} bytes but the file holds {size}: the file is truncated or not safetensors"
+            header = json.loads(handle.read(length))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"its header cannot be read ({type(error).__name__}: {error})"
+    if not isinstance(header, dict):
+        return "its header is not a table of tensors"
+    try:
+        ends = [int(entry["data_offsets"][1]) for key, entry in header.items() if key != "__metadata__"]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return "its header does not describe tensors (no data_offsets)"
+    expected = 8 + length + max(ends, default=0)
+    if size < expected:
+        return f"its header describes {expected} bytes but the file holds only {size}: the file is truncated"
+    if size > expected:
+        return f"it holds {size} bytes but its header describes {expected}: the file is corrupted"
+    return None
+
+
+def check_model_folder(folder: str | os.PathLike) -> None:
+    """Check that a local model folder holds what loading needs, before anything loads.
+
+    Raises:
+        UnsafeWeightsError: the weights are pickle files only (with a recipe to convert them).
+        ModelFolderError: the folder is empty; ``config.json`` is missing or unreadable; tokenizer files or
+            weights are missing; a safetensors file is truncated or corrupted; a shard listed in
+            ``model.safetensors.index.json`` is missing.
+    """
+    folder = Path(folder)
+    files = sorted(p.name for p in folder.iterdir() if p.is_file())
+    if not files:
+        raise ModelFolderError(f"Model folder {str(folder)!r} is empty: {_FOLDER_FIX}.")
+    held = f"it holds {files[:8]}{' ...' if len(files) > 8 else ''}"
+    safetensors = sorted(folder.glob("*.safetensors"))
+    pickles = [name for name in files if name.endswith(_PICKLE_SUFFIXES) and not name.startswith("training_args")]
+    if not safetensors and pickles:
+        raise UnsafeWeightsError(
+            f"Model folder {str(folder)!r} has pickle weights only ({pickles[:4]}), which this library refuses to "
+            f"load (unpickling can run arbitrary code; safetensors only): {_convert_recipe(folder)}.")
+    missing = [what for what, present in (
+        ("config.json", "config.json" in files),
+        ("tokenizer files", any(name in files for name in _TOKENIZER_FILES)),
+        ("*.safetensors weights", bool(safetensors))) if not present]
+    if missing:
+        raise ModelFolderError(f"Model folder {str(folder)!r} has no {' and no '.join(missing)} ({held}): {_FOLDER_FIX}.")
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelFolderError(f"Model folder {str(folder)!r}: config.json is not valid JSON ({error}); write it "
+                               f"again with config.save_pretrained(folder).") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ModelFolderError(f"Model folder {str(folder)!r}: config.json has no 'model_type' key, so the "
+                               f"architecture is unknown; write it with config.save_pretrained(folder).")
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, AttributeError) as error:
+            raise ModelFolderError(f"Model folder {str(folder)!r}: {index.name} cannot be read ({type(error).__name__}: "
+                                   f"{error}); copy it again.") from None
+        absent = [name for name in shards if not (folder / name).is_file()]
+        if absent:
+            raise ModelFolderError(f"Model folder {str(folder)!r} lacks {len(absent)} of the {len(shards)} weight "
+                                   f"shards {index.name} lists ({absent[:3]}): copy them into the folder.")
+    for path in safetensors:
+        problem = _check_safetensors(path)
+        if problem is not None:
+            raise ModelFolderError(f"Model folder {str(folder)!r}: {path.name} is broken: {problem}. Copy or "
+                                   f"download it again (compare its size and checksum with the original).")
+
+
+_TASK_PROMPT = "70620 x 99460 ="
+_TASK_ANSWER = " 7023865200"
+
+
+def check_tokenizer(tokenizer: Any, name: str = "the model") -> None:
+    """Check that ``tokenizer`` encodes the task: every digit, ``" x"``, ``" ="``, a prompt and an answer
+    encode to known tokens that decode back to the same text (so the ten digits get ten different tokens).
+
+    Raises:
+        TokenizerError: naming the model, the first text that fails and how.
+    """
+    def encode(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    fix = ("load the tokenizer the model was trained with (its tokenizer.json, or vocab.json + merges.txt); the "
+           "task needs digits 0-9 and ' x', ' =' as text")
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    for text in [*"0123456789", " x", " =", _TASK_PROMPT, _TASK_ANSWER]:
+        ids = encode(text)
+        back = tokenizer.decode(ids) if ids else ""
+        if not ids or back != text or (unknown is not None and unknown in ids):
+            raise TokenizerError(
+                f"The tokenizer of {name} cannot encode the task: {text!r} -> tokens {ids[:16]} -> {back!r} "
+                f"(vocabulary of {len(tokenizer)} tokens): {fix}.")
+
+
 def load_model(
     name_or_path: str | os.PathLike,
     *,
@@ -140,6 +358,10 @@ def load_model(
 
     Raises:
         ModelNotAvailableError: the model cannot be found locally, in the cache, or on a reachable hub.
+        ModelFolderError: a local folder is incomplete or holds a broken file (:func:`check_model_folder`);
+            :class:`UnsafeWeightsError` when its weights are pickle files only.
+        TokenizerError: the tokenizer cannot encode the task (:func:`check_tokenizer`).
+        DeviceError, DtypeError: an unknown or unavailable device, an unknown dtype.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -152,26 +374,46 @@ def load_model(
         hub_kwargs["revision"] = revision
     if not local and _offline():
         hub_kwargs["local_files_only"] = True
+    if Path(name).is_file():
+        raise ModelFolderError(f"Model {name!r} is a file, not a folder: pass the folder that holds config.json, "
+                               f"the tokenizer files and the *.safetensors weights.")
     if not local and _looks_like_path(name):
         raise ModelNotAvailableError(
             f"Model {name!r} looks like a local path, but no such folder exists. Check the path, or pass a "
             f"hub id such as 'Qwen/Qwen2.5-0.5B'."
         )
+    if local:
+        check_model_folder(name)
+
+    def failed(error: BaseException, what: str) -> ModelLoadError:
+        """A loading error, as the error of the folder or of the hub model (never 'not in the cache' for a folder)."""
+        if local:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            return ModelFolderError(f"Model folder {name!r}: its {what} cannot be loaded ({type(error).__name__}: "
+                                    f"{first}); {_FOLDER_FIX}.")
+        return _not_available(name, revision, error)
+
     try:
         AutoConfig.from_pretrained(name, **hub_kwargs)
+    except (OSError, ValueError) as error:
+        raise failed(error, "config") from error
+    try:
         tokenizer = AutoTokenizer.from_pretrained(name, **hub_kwargs)
-    except OSError as error:
-        raise _not_available(name, revision, error) from error
+    except (OSError, ValueError) as error:
+        raise failed(error, "tokenizer") from error
+    check_tokenizer(tokenizer, repr(name))
 
     def hf_copy() -> Any:
+        from safetensors import SafetensorError
+
         kwargs: dict[str, Any] = dict(hub_kwargs, dtype=torch_dtype, attn_implementation="eager",
                                       use_safetensors=True)
         if device_map is not None:
             kwargs["device_map"] = device_map
         try:
             model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
-        except OSError as error:
-            raise _not_available(name, revision, error) from error
+        except (OSError, SafetensorError) as error:
+            raise failed(error, "weights") from error
         if device_map is None:
             model = model.to(torch_device)
         return model.eval()
