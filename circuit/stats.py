@@ -5,6 +5,13 @@ percentile bootstrap resamples them with replacement (seeded, so a run is reprod
 interval that holds ``level`` of the resampled statistic. The statistic is the mean over prompts unless
 another reducer is given; every leading dimension (cells of a patching sweep, heads...) gets its own
 interval, computed from the *same* resamples so that intervals of different cells are comparable.
+
+The bootstrap refuses to pretend. Over one prompt every resample is that prompt, and the "interval" has
+zero width; over two or three it is hardly wider than the data. So :func:`bootstrap_ci` refuses fewer
+than ``min_prompts`` values per interval (:class:`TooFewPromptsError`; claims use the spec's
+``[statistics] min_prompts``, :data:`MIN_PROMPTS` by default), and refuses values or a statistic that are
+not finite (:class:`NonFiniteError`), naming how many and where, instead of returning a NaN interval that
+no threshold can be compared with.
 """
 
 from __future__ import annotations
@@ -16,7 +23,38 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["Interval", "bootstrap_ci", "bootstrap_resamples"]
+__all__ = [
+    "MIN_PROMPTS",
+    "Interval",
+    "NonFiniteError",
+    "TooFewPromptsError",
+    "bootstrap_ci",
+    "bootstrap_resamples",
+    "check_finite",
+]
+
+MIN_PROMPTS = 5
+"""The fewest distinct prompts a claim's interval is computed over, unless its spec says otherwise."""
+
+
+class TooFewPromptsError(ValueError):
+    """A bootstrap interval was asked for over fewer prompts than the minimum."""
+
+
+class NonFiniteError(ValueError):
+    """Values, or a statistic computed from them, are NaN or infinite."""
+
+
+def check_finite(values: Tensor, what: str) -> None:
+    """Raise :class:`NonFiniteError` naming ``what`` (``"The logits are"``), how many entries are NaN or infinite, and the first one."""
+    bad = ~torch.isfinite(values)
+    if bool(bad.any()):
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        n_nan, n_inf = int(values.isnan().sum()), int(values.isinf().sum())
+        raise NonFiniteError(
+            f"{what} not finite: {n_nan} NaN and {n_inf} infinite of {values.numel()} (shape "
+            f"{tuple(values.shape)}, first at index {first}): the model diverged (check the weights and the dtype: "
+            f"float32 recommended) or a ratio divided by zero.")
 
 
 @dataclass(frozen=True)
@@ -42,7 +80,9 @@ def bootstrap_resamples(values: Float[Tensor, "... batch"], n_resamples: int, se
     """``n_resamples`` resamples (with replacement) of the last dimension, seeded."""
     batch = values.shape[-1]
     if batch < 1:
-        raise ValueError("Cannot bootstrap over zero prompts.")
+        raise TooFewPromptsError("Cannot bootstrap over zero prompts.")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples={n_resamples}: draw at least one resample (1000 or more is sensible).")
     generator = torch.Generator().manual_seed(seed)
     index = torch.randint(0, batch, (n_resamples, batch), generator=generator).to(values.device)
     return values[..., index].movedim(-2, 0)
@@ -55,16 +95,30 @@ def bootstrap_ci(
     n_resamples: int = 2000,
     seed: int = 0,
     statistic: Callable[[Tensor], Tensor] | None = None,
+    min_prompts: int = 2,
 ) -> Interval:
-    """Percentile bootstrap CI of ``statistic`` (default: mean over the last dim, the prompts)."""
+    """Percentile bootstrap CI of ``statistic`` (default: mean over the last dim, the prompts).
+
+    Raises:
+        TooFewPromptsError: fewer than ``min_prompts`` prompts (values in the last dim; at least 2 always).
+        NonFiniteError: a value, or the statistic on the values or on a resample, is NaN or infinite.
+    """
     if not 0 < level < 1:
         raise ValueError(f"level={level} must be between 0 and 1 (e.g. 0.95).")
+    n_prompts = values.shape[-1] if values.dim() else 0
+    if n_prompts < max(2, min_prompts):
+        raise TooFewPromptsError(
+            f"Cannot bootstrap over {n_prompts} prompt(s): an interval needs at least {max(2, min_prompts)} distinct "
+            f"prompts (over one, every resample is the same prompt and the interval has zero width). Use more "
+            f"prompts (a spec's [prompts] min_size).")
     values = values.detach().double()
-    if values.isnan().any():
-        raise ValueError(f"Values contain NaN ({int(values.isnan().sum())} of {values.numel()}): cannot bootstrap.")
+    check_finite(values, f"Values to bootstrap over {n_prompts} prompts are")
     stat = statistic or (lambda x: x.mean(-1))
+    estimate = stat(values)
+    check_finite(estimate, "The statistic of the values is")
     resampled = stat(bootstrap_resamples(values, n_resamples, seed))
+    check_finite(resampled, f"The statistic of the {n_resamples} bootstrap resamples is")
     alpha = (1 - level) / 2
     low = torch.quantile(resampled, alpha, dim=0)
     high = torch.quantile(resampled, 1 - alpha, dim=0)
-    return Interval(stat(values), low, high, level)
+    return Interval(estimate, low, high, level)
