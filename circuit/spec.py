@@ -98,6 +98,9 @@ class StatisticsSpec:
     """Confidence level of the bootstrap intervals (e.g. 0.95)."""
     n_resamples: int
     """Bootstrap resamples per interval."""
+    min_prompts: int = 5
+    """Fewest distinct prompts an interval is computed over (at least 2; fewer are refused, and [prompts]
+    min_size must be at least this)."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,8 @@ class PromptSpec:
     """The prompt sets claims are tested on (drawn by hypothesis within these bounds)."""
 
     min_size: int
-    """Fewest prompts in a set (the bootstrap needs several; 8 or more is sensible)."""
+    """Fewest prompts in a set: at least [statistics] min_prompts (the bootstrap needs several; 8 or more is
+    sensible)."""
     max_size: int
     """Most prompts in a set."""
     min_digits: int
@@ -353,9 +357,17 @@ def _check_values(spec: Spec) -> None:
         raise _fail(path, "statistics.level", f"must be between 0 and 1, got {spec.statistics.level}.")
     if spec.statistics.n_resamples < 100:
         raise _fail(path, "statistics.n_resamples", f"must be at least 100, got {spec.statistics.n_resamples}.")
+    least = spec.statistics.min_prompts
+    if least < 2:
+        raise _fail(path, "statistics.min_prompts", f"must be at least 2 (an interval over one prompt has zero width), "
+                                                    f"got {least}.")
     p = spec.prompts
-    if not 1 <= p.min_size <= p.max_size:
-        raise _fail(path, "prompts.min_size", f"need 1 <= min_size <= max_size, got {p.min_size}, {p.max_size}.")
+    if p.min_size < least:
+        raise _fail(path, "prompts.min_size", f"is {p.min_size}, but intervals need at least [statistics] min_prompts = "
+                                              f"{least} distinct prompts: raise min_size (and max_size) to {least} or "
+                                              f"more (8 or more is sensible).")
+    if p.min_size > p.max_size:
+        raise _fail(path, "prompts.min_size", f"need min_size <= max_size, got {p.min_size}, {p.max_size}.")
     if not 1 <= p.min_digits <= p.max_digits <= 9:
         raise _fail(path, "prompts.min_digits",
                     f"need 1 <= min_digits <= max_digits <= 9, got {p.min_digits}, {p.max_digits}.")

@@ -15,7 +15,7 @@ match = ["tiny"]
 level = 0.95
 n_resamples = 200
 [prompts]
-min_size = 4
+min_size = 6
 max_size = 8
 min_digits = 2
 max_digits = 3
@@ -111,6 +111,28 @@ def test_missing_section_and_unknown_field(tmp_path):
 def test_bad_values_name_the_key(tmp_path, snippet, pattern):
     with pytest.raises(SpecError, match=pattern):
         load_spec(write(tmp_path, MINIMAL + snippet))
+
+
+def test_too_few_prompts_for_an_interval_are_refused_with_the_minimum(tmp_path):
+    one = MINIMAL.replace("min_size = 6\nmax_size = 8", "min_size = 1\nmax_size = 1")
+    with pytest.raises(SpecError, match=r"\[prompts\.min_size\] is 1, but intervals need at least \[statistics\] "
+                                        r"min_prompts = 5 distinct prompts: raise min_size \(and max_size\) to 5"):
+        load_spec(write(tmp_path, one))
+    with pytest.raises(SpecError, match=r"\[prompts\.min_size\] is 4, but .* min_prompts = 7 "):
+        load_spec(write(tmp_path, MINIMAL.replace("min_size = 6", "min_size = 4").replace(
+            "n_resamples = 200", "n_resamples = 200\nmin_prompts = 7")))
+    with pytest.raises(SpecError, match=r"\[statistics\.min_prompts\] must be at least 2 \(an interval over one "
+                                        r"prompt has zero width\), got 1"):
+        load_spec(write(tmp_path, one.replace("n_resamples = 200", "n_resamples = 200\nmin_prompts = 1")))
+    with pytest.raises(SpecError, match=r"\[prompts\.min_size\] need min_size <= max_size, got 9, 8"):
+        load_spec(write(tmp_path, MINIMAL.replace("min_size = 6", "min_size = 9")))
+
+
+def test_the_minimum_of_prompts_is_configurable(tmp_path):
+    assert load_spec(write(tmp_path, MINIMAL)).statistics.min_prompts == 5
+    spec = load_spec(write(tmp_path, MINIMAL.replace("min_size = 6", "min_size = 3").replace(
+        "n_resamples = 200", "n_resamples = 200\nmin_prompts = 3")))
+    assert (spec.statistics.min_prompts, spec.prompts.min_size) == (3, 3)
 
 
 def test_model_size_mismatch_says_how_to_choose(tmp_path):
