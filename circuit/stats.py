@@ -9,7 +9,7 @@ interval, computed from the *same* resamples so that intervals of different cell
 The bootstrap refuses to pretend. Over one prompt every resample is that prompt, and the "interval" has
 zero width; over two or three it is hardly wider than the data. So :func:`bootstrap_ci` refuses fewer
 than ``min_prompts`` values per interval (:class:`TooFewPromptsError`; claims use the spec's
-``[statistics] min_prompts``, :data:`MIN_PROMPTS` by default), and refuses values or a statistic that are
+``[statistics] min_prompts``, 5 unless it says otherwise), and refuses values or a statistic that are
 not finite (:class:`NonFiniteError`), naming how many and where, instead of returning a NaN interval that
 no threshold can be compared with.
 """
@@ -24,7 +24,6 @@ from jaxtyping import Float
 from torch import Tensor
 
 __all__ = [
-    "MIN_PROMPTS",
     "Interval",
     "NonFiniteError",
     "TooFewPromptsError",
@@ -32,10 +31,6 @@ __all__ = [
     "bootstrap_resamples",
     "check_finite",
 ]
-
-MIN_PROMPTS = 5
-"""The fewest distinct prompts a claim's interval is computed over, unless its spec says otherwise."""
-
 
 class TooFewPromptsError(ValueError):
     """A bootstrap interval was asked for over fewer prompts than the minimum."""

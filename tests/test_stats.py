@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from circuit.stats import (
-    MIN_PROMPTS,
     NonFiniteError,
     TooFewPromptsError,
     bootstrap_ci,
@@ -47,11 +46,10 @@ def test_one_value_is_not_a_zero_width_interval():
 
 
 def test_fewer_prompts_than_the_minimum_are_refused_with_the_minimum():
-    assert MIN_PROMPTS == 5
     values = torch.arange(4.0)
     with pytest.raises(TooFewPromptsError, match=r"over 4 prompt\(s\): an interval needs at least 5 .*min_size"):
-        bootstrap_ci(values, min_prompts=MIN_PROMPTS)
-    assert float(bootstrap_ci(torch.arange(5.0), min_prompts=MIN_PROMPTS).estimate) == 2.0
+        bootstrap_ci(values, min_prompts=5)
+    assert float(bootstrap_ci(torch.arange(5.0), min_prompts=5).estimate) == 2.0
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
