@@ -18,6 +18,9 @@ Three encodings of "the model prefers the right answer", each a per-prompt score
 Every metric is an :class:`AnswerMetric`: a callable ``logits -> Float[Tensor, "batch"]`` that also
 declares which positions (per row of the token batch) and which vocabulary entries it reads, so that
 the patching engine can compute only those logits. Swapping correct and incorrect negates each metric.
+A metric returns exactly one finite value per prompt: logits that are not finite are refused
+(:class:`~circuit.stats.NonFiniteError`), and so is a score of another shape than the batch's
+(:class:`MetricShapeError`, also checked by :func:`check_per_prompt` wherever a metric is called).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from circuit.prompts import PromptBatch, bos_token_id, tokenize_prompts
+from circuit.stats import check_finite
 from circuit.task import Problem
 
 __all__ = [
@@ -38,12 +42,28 @@ __all__ = [
     "LogitDiffMetric",
     "LogProbDiffMetric",
     "MetricInputs",
+    "MetricShapeError",
     "answer_token_ids",
+    "check_per_prompt",
     "first_difference",
     "first_token_logit_diff",
     "seed_logit_diff",
     "teacher_forced_logprob_diff",
 ]
+
+
+class MetricShapeError(ValueError):
+    """A metric returned something other than one value per prompt."""
+
+
+def check_per_prompt(values: Any, n_prompts: int, what: str = "The metric") -> None:
+    """Raise :class:`MetricShapeError` unless ``values`` has shape ``(n_prompts,)``: one value per prompt."""
+    shape = tuple(getattr(values, "shape", ()))
+    if shape != (n_prompts,):
+        raise MetricShapeError(
+            f"{what} returned shape {shape} for a batch of {n_prompts} prompts: a metric returns one value per "
+            f"prompt, shape ({n_prompts},). Reduce over read positions and answer tokens inside the metric, never "
+            f"over prompts.")
 
 
 def answer_token_ids(tokenizer: Any, answer: str | int) -> list[int]:
@@ -70,9 +90,8 @@ class AnswerMetric:
 
     def select(self, logits: Float[Tensor, "row pos d_vocab"]) -> Float[Tensor, "row read v"]:
         """The logits this metric reads, at ``positions`` and (if set) ``vocab``."""
-        if logits.isnan().any():
-            raise ValueError(f"Logits contain NaN ({int(logits.isnan().sum())} entries): the model diverged; "
-                             f"check the dtype (float32 recommended) and the weights.")
+        check_finite(logits, "The logits are", hint="the model diverged; check the dtype (float32 recommended) "
+                                                     "and the weights")
         positions = self.positions.to(logits.device)
         if logits.shape[0] != positions.shape[0]:
             raise ValueError(f"Logits have {logits.shape[0]} rows but the metric reads {positions.shape[0]}.")
@@ -83,8 +102,15 @@ class AnswerMetric:
     def score(self, selected: Float[Tensor, "row read v"]) -> Float[Tensor, " batch"]:
         raise NotImplementedError
 
+    @property
+    def n_prompts(self) -> int:
+        """Prompts scored: one per row of ``positions`` (subclasses that read several rows per prompt say so)."""
+        return int(self.positions.shape[0])
+
     def __call__(self, logits: Float[Tensor, "row pos d_vocab"]) -> Float[Tensor, " batch"]:
-        return self.score(self.select(logits))
+        values = self.score(self.select(logits))
+        check_per_prompt(values, self.n_prompts, f"The metric {type(self).__name__}")
+        return values
 
     def mean(self, logits: Float[Tensor, "row pos d_vocab"]) -> Float[Tensor, ""]:
         return self(logits).mean()
@@ -128,6 +154,11 @@ class LogProbDiffMetric(AnswerMetric):
     correct_first: bool = True
     """Whether rows ``[0, B)`` hold the correct answer (``swapped()`` flips it)."""
     vocab = None
+
+    @property
+    def n_prompts(self) -> int:
+        """Two rows per prompt: its correct and its incorrect answer."""
+        return int(self.positions.shape[0]) // 2
 
     def score(self, selected: Float[Tensor, "row read d_vocab"]) -> Float[Tensor, " batch"]:
         logp = selected.log_softmax(-1).gather(-1, self.targets.to(selected.device)[..., None])[..., 0]

@@ -40,16 +40,19 @@ class NonFiniteError(ValueError):
     """Values, or a statistic computed from them, are NaN or infinite."""
 
 
-def check_finite(values: Tensor, what: str) -> None:
-    """Raise :class:`NonFiniteError` naming ``what`` (``"The logits are"``), how many entries are NaN or infinite, and the first one."""
+_DIVERGED = "the model diverged (check the weights and the dtype: float32 recommended) or a ratio divided by zero"
+
+
+def check_finite(values: Tensor, what: str, *, hint: str = _DIVERGED) -> None:
+    """Raise :class:`NonFiniteError` naming ``what`` (e.g. ``"The logits are"``), how many entries are NaN or
+    infinite, the first one, and ``hint`` (what to check)."""
     bad = ~torch.isfinite(values)
     if bool(bad.any()):
         first = tuple(int(i) for i in bad.nonzero()[0])
         n_nan, n_inf = int(values.isnan().sum()), int(values.isinf().sum())
         raise NonFiniteError(
             f"{what} not finite: {n_nan} NaN and {n_inf} infinite of {values.numel()} (shape "
-            f"{tuple(values.shape)}, first at index {first}): the model diverged (check the weights and the dtype: "
-            f"float32 recommended) or a ratio divided by zero.")
+            f"{tuple(values.shape)}, first at index {first}): {hint}.")
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from circuit.metrics import (
+    LogitDiffMetric,
+    MetricShapeError,
     answer_token_ids,
+    check_per_prompt,
     first_token_logit_diff,
     seed_logit_diff,
     teacher_forced_logprob_diff,
 )
 from circuit.prompts import tokenize_prompts
+from circuit.stats import NonFiniteError
 from circuit.strategies import prompt_sets
 from circuit.task import Problem
 
@@ -93,10 +97,40 @@ def test_incorrect_equal_to_correct_is_refused(qwen_tokenizer):
         seed_logit_diff(qwen_tokenizer, batch, [Problem(3, 4)], [12])
 
 
-def test_nan_logits_are_refused(qwen_tokenizer):
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_logits_that_are_not_finite_are_refused(qwen_tokenizer, bad):
     batch = tokenize_prompts(qwen_tokenizer, ["3 x 4 ="])
     metric = seed_logit_diff(qwen_tokenizer, batch, [Problem(3, 4)], [13])
     logits = torch.zeros(1, batch.tokens.shape[1], V)
-    logits[0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
+    logits[0, 0, 7] = bad
+    with pytest.raises(NonFiniteError, match=r"^The logits are not finite: \d NaN and \d infinite of \d+ \(shape "
+                                             r"\(1, \d+, \d+\), first at index \(0, 0, 7\)\): the model diverged"):
         metric(logits)
+
+
+class ThreeValues(LogitDiffMetric):
+    """A broken metric: three values, whatever the batch."""
+
+    def score(self, selected):
+        return super().score(selected)[:3]
+
+
+def test_a_metric_must_return_one_value_per_prompt(qwen_tokenizer):
+    problems = [Problem(10 + i, 23) for i in range(8)]
+    batch = tokenize_prompts(qwen_tokenizer, [p.prompt for p in problems])
+    good = seed_logit_diff(qwen_tokenizer, batch, problems, [p.product + 1 for p in problems])
+    logits = torch.randn(8, batch.tokens.shape[1], V)
+    assert good(logits).shape == (8,) and good.n_prompts == 8
+    broken = ThreeValues(good.positions, good.correct, good.incorrect, good.weights)
+    with pytest.raises(MetricShapeError, match=r"^The metric ThreeValues returned shape \(3,\) for a batch of 8 "
+                                               r"prompts: a metric returns one value per prompt, shape \(8,\)"):
+        broken(logits)
+    with pytest.raises(MetricShapeError, match=r"The lab's metric returned shape \(8, 1\) for a batch of 8"):
+        check_per_prompt(torch.zeros(8, 1), 8, "The lab's metric")
+
+
+def test_the_teacher_forced_metric_counts_two_rows_per_prompt(qwen_tokenizer):
+    problems = [Problem(12, 34), Problem(56, 78), Problem(90, 12)]
+    inputs = teacher_forced_logprob_diff(qwen_tokenizer, problems, [p.product + 1 for p in problems])
+    assert inputs.tokens.shape[0] == 6 and inputs.metric.n_prompts == 3
+    assert inputs.metric(torch.randn(6, inputs.tokens.shape[1], V)).shape == (3,)
