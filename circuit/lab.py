@@ -148,11 +148,17 @@ class Lab:
 
     # statistics -------------------------------------------------------------------------------------
     def ci(self, values: Any, statistic: Callable | None = None):
-        """Bootstrap interval over prompts (last dim) with the spec's level and resamples."""
+        """Bootstrap interval over prompts (last dim) with the spec's level, resamples and minimum of prompts.
+
+        Every claim's statistic goes through here, so a claim fails with the reason when its prompts are fewer
+        than ``[statistics] min_prompts`` (the prompts of a drawn set are distinct: see :meth:`accepts`) or
+        when a value or the statistic is NaN or infinite (``circuit.stats``).
+        """
         from circuit.stats import bootstrap_ci
 
         s = self.spec.statistics
-        return bootstrap_ci(values, level=s.level, n_resamples=s.n_resamples, statistic=statistic)
+        return bootstrap_ci(values, level=s.level, n_resamples=s.n_resamples, statistic=statistic,
+                            min_prompts=s.min_prompts)
 
     def task_separation(self, ps: Any):
         """Interval of mean(clean - corrupted) logit difference: the task-solved precondition's statistic."""
@@ -325,13 +331,17 @@ class Lab:
         raise ValueError(f"by={by!r}: rank heads by 'z_patching' or 'attribution'.")
 
     def worst_head_rank(self, ps: Any, heads: Any, by: str):
-        """Interval of the largest rank (1 = largest |mean|) among ``heads`` (objects with layer, index)."""
+        """Interval of the largest rank (1 = largest |mean|) among ``heads`` (objects with layer, index).
+
+        Ties count against a head: its rank is the number of heads whose |mean| is at least its own, itself
+        included (heads strictly larger + heads tied), so heads that all have effect 0 rank last, not first.
+        """
         import torch
 
         def statistic(x):
             magnitude = x.mean(-1).abs().flatten(-2)
             n_heads = x.shape[-2]
-            ranks = [1 + (magnitude > magnitude[..., h.layer * n_heads + h.index, None]).sum(-1) for h in heads]
+            ranks = [(magnitude >= magnitude[..., h.layer * n_heads + h.index, None]).sum(-1) for h in heads]
             return torch.stack(ranks, -1).amax(-1).double()
 
         return self.ci(self.head_values(ps, by), statistic)

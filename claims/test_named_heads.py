@@ -2,8 +2,9 @@
 
 Two rankings of all heads: by |z patching effect| (``patched - corrupted`` when one head's output is
 patched at every position, mean over prompts) and by |direct logit attribution| (the head's direct
-contribution to the logit difference on clean prompts, mean over prompts). A head's rank is 1 + the
-number of heads ranked strictly above it; its interval comes from resampling the prompts. The sign is
+contribution to the logit difference on clean prompts, mean over prompts). A head's rank is the number
+of heads whose magnitude is at least its own, itself included: ties count against it, so heads whose
+effects are all 0 rank last, not first. Its interval comes from resampling the prompts. The sign is
 that of its direct logit attribution (the source: "L23H1 contributes a lot positively, L22H7 a lot
 negatively").
 """

@@ -1,0 +1,73 @@
+"""The Lab's claim statistics refuse to pretend: too few prompts, values that are not finite, and heads
+whose effects tie (all zero, as on a model whose every prompt is one token) do not rank first."""
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from circuit.lab import Lab
+from circuit.spec import NamedHead, load_spec
+from circuit.stats import NonFiniteError, TooFewPromptsError
+
+SPEC = Path(__file__).resolve().parent.parent / "claims" / "specs" / "test-qwen2.toml"
+
+
+class FixedHeads(Lab):
+    """A lab whose per-head values are given (``[layer, head, batch]``), so that ranks can be worked out by hand."""
+
+    def __init__(self, values, spec=None):
+        super().__init__(model=None, spec=spec or load_spec(SPEC))
+        self.values = values
+
+    def head_values(self, ps, by):
+        return self.values
+
+
+def heads(*labels):
+    return [NamedHead(label, "any", ("z_patching",)) for label in labels]
+
+
+def constant_per_head(means, n_prompts=8):
+    """Values whose mean over prompts is ``means`` in every resample (each head constant over prompts)."""
+    return torch.tensor(means, dtype=torch.float64)[..., None].expand(*torch.tensor(means).shape, n_prompts)
+
+
+def test_a_head_ranks_by_its_magnitude_among_distinct_effects():
+    lab = FixedHeads(constant_per_head([[0.1, -3.0], [2.0, 0.5]]))
+    assert float(lab.worst_head_rank(None, heads("L0H1"), "z_patching").high) == 1
+    assert float(lab.worst_head_rank(None, heads("L1H0"), "z_patching").high) == 2
+    assert float(lab.worst_head_rank(None, heads("L0H1", "L0H0"), "z_patching").high) == 4
+
+
+def test_all_zero_effects_rank_last_not_first():
+    lab = FixedHeads(torch.zeros(3, 4, 8, dtype=torch.float64))
+    rank = lab.worst_head_rank(None, heads("L0H0"), "z_patching")
+    assert float(rank.low) == float(rank.high) == 12  # tied with all 12 heads: nothing says it is first
+
+
+def test_tied_heads_share_the_pessimistic_rank():
+    lab = FixedHeads(constant_per_head([[5.0, -5.0, 1.0], [0.0, 0.0, 0.0]]))
+    assert float(lab.worst_head_rank(None, heads("L0H0"), "z_patching").high) == 2  # tied with L0H1 for first
+    assert float(lab.worst_head_rank(None, heads("L0H2"), "z_patching").high) == 3
+    assert float(lab.worst_head_rank(None, heads("L1H1"), "z_patching").high) == 6
+
+
+def test_claim_intervals_need_the_spec_s_minimum_of_prompts():
+    lab = FixedHeads(torch.zeros(1))
+    assert lab.spec.statistics.min_prompts == 5
+    with pytest.raises(TooFewPromptsError, match=r"over 4 prompt\(s\): an interval needs at least 5 distinct"):
+        lab.ci(torch.arange(4.0))
+    assert float(lab.ci(torch.arange(5.0)).estimate) == 2.0
+    fewer = FixedHeads(None, spec=replace(lab.spec, statistics=replace(lab.spec.statistics, min_prompts=3)))
+    assert float(fewer.ci(torch.arange(3.0)).estimate) == 1.0
+
+
+def test_a_claim_statistic_over_values_that_are_not_finite_fails_with_the_reason():
+    values = constant_per_head([[1.0, 2.0], [3.0, 4.0]])
+    values = values.clone()
+    values[1, 0, 3] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"^Values to bootstrap over 8 prompts are not finite: 1 NaN and 0 "
+                                             r"infinite of 32 \(shape \(2, 2, 8\), first at index \(1, 0, 3\)\)"):
+        FixedHeads(values).worst_head_rank(None, heads("L0H0"), "z_patching")
