@@ -11,7 +11,7 @@ from circuit.lab import Lab
 from circuit.spec import NamedHead, load_spec
 from circuit.stats import NonFiniteError, TooFewPromptsError
 
-SPEC = Path(__file__).resolve().parent.parent / "claims" / "specs" / "test-qwen2.toml"
+SPEC = Path(__file__).resolve().parent.parent / "claims" / "specs" / "test-models.toml"
 
 
 class FixedHeads(Lab):

@@ -152,7 +152,7 @@ def test_not_toml_and_missing_file(tmp_path):
 def test_find_spec_by_hub_id_folder_name_or_revision():
     assert find_spec("Qwen/Qwen2.5-0.5B", SPECS).name == "qwen2.5-0.5b.toml"
     assert find_spec("qwen/qwen2.5-0.5b@main", SPECS).name == "qwen2.5-0.5b.toml"
-    assert find_spec("/somewhere/models/test-qwen2-3l", SPECS).name == "test-qwen2.toml"
+    assert find_spec("/somewhere/models/test-qwen2-3l", SPECS).name == "test-models.toml"
 
 
 def test_find_spec_explains_when_none_or_several_match(tmp_path):
