@@ -2,22 +2,33 @@
 
 Every claim test computes one statistic with a bootstrap confidence interval and judges it against a
 threshold from the spec. :class:`ClaimEvidence` holds that record (claim id, statistic, interval,
-threshold, decision, the prompt set it was measured on). A run writes one JSON file per model
-(:func:`write_evidence`) with the model's name and revision and the versions of the libraries that
-computed it, so a later run (a new model revision, a new transformers) can be compared with it.
+threshold, decision, the prompt set it was measured on). A run keeps one JSON file per model
+(:class:`EvidenceFile`): the model's name and revision, the spec (path and SHA-256), dtype, device and the
+versions of the libraries that computed it, so a later run (a new model revision, a new transformers) can be
+compared with it.
 
-:func:`compare_with_baseline` is that comparison: a claim whose statistic moved by more than its spec's
-``tolerance`` since the baseline is a regression, even if it still passes its threshold, because the
-analysis the claim summarizes no longer describes the model the way it did.
+A *baseline* is such a file kept on purpose. :func:`compare_with_baseline` is the comparison: a claim whose
+statistic moved by more than its spec's ``tolerance`` since the baseline is a regression, even if it still
+passes its threshold, because the analysis the claim summarizes no longer describes the model the way it
+did. :func:`update_baseline` writes a baseline only from evidence that deserves it: records that ran to a
+verdict with a finite statistic replace their test's record, every other record is kept.
+
+Files are written atomically (a temporary file in the same folder, then ``os.replace``), under an advisory
+lock (:func:`locked`) when a read-merge-write must not interleave with another run's: a reader sees the old
+file or the new one, never half of one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
+import os
 import platform
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,16 +36,32 @@ from typing import Any
 __all__ = [
     "ClaimEvidence",
     "EVIDENCE_FORMAT",
+    "EvidenceError",
     "EvidenceFile",
     "Regression",
+    "BaselineUpdate",
+    "atomic_write_text",
     "compare_with_baseline",
+    "evidence_filename",
+    "has_verdict",
     "library_versions",
     "load_evidence",
+    "locked",
+    "merge_evidence",
+    "spec_sha256",
+    "update_baseline",
     "write_evidence",
 ]
 
-EVIDENCE_FORMAT = 1
-"""Version of the evidence file layout."""
+EVIDENCE_FORMAT = 2
+"""Version of the evidence file layout (format 1 files, without dtype/device/spec hash, are still read)."""
+
+VERDICTS = ("passed", "failed")
+"""Outcomes of a claim test that ran to a verdict (``error`` and ``skipped`` did not)."""
+
+
+class EvidenceError(ValueError):
+    """An evidence or baseline file that cannot be used; the message names the file and the fix."""
 
 
 @dataclass(frozen=True)
@@ -66,9 +93,16 @@ class ClaimEvidence:
     statement: str = ""
     """The claim's sentence."""
     outcome: str = ""
-    """The test's outcome: passed, failed, skipped (filled in by the runner)."""
+    """The test's outcome: passed or failed (a verdict), error (no verdict: an exception, a model that did not
+    load) or skipped (filled in by the runner)."""
     note: str = ""
-    """Anything else the runner adds (e.g. a baseline regression)."""
+    """Anything else the runner adds (the reason of an error or skip, a baseline regression)."""
+    dtype: str = ""
+    """The model's dtype in the run that measured it."""
+    device: str = ""
+    """The device it ran on."""
+    recorded: str = ""
+    """When it was measured (UTC, ISO 8601): records of several runs can share a file."""
 
     def __repr__(self) -> str:  # short: assertion rewriting shows it under the message
         return f"ClaimEvidence({self.claim_id!r}, {self.test!r}, estimate={self.estimate:.4g}, holds={self.holds})"
@@ -87,6 +121,18 @@ class ClaimEvidence:
                 f"Prompts: {self.prompt_set or '(none recorded)'}")
 
 
+def has_verdict(record: ClaimEvidence) -> str | None:
+    """Why ``record`` may not go into a baseline, or None when it may (a verdict on a finite statistic)."""
+    if record.outcome not in VERDICTS:
+        return f"{record.outcome or 'no outcome'}{': ' + record.note if record.note else ''}"
+    if not record.statistic:
+        return "no statistic recorded"
+    numbers = [record.estimate] + [v for v in (record.low, record.high) if v is not None]
+    if not all(math.isfinite(v) for v in numbers):
+        return f"non-finite statistic ({record.interval})"
+    return None
+
+
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that compute the evidence (a missing one is reported as such)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -100,20 +146,55 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def spec_sha256(path: str | Path | None) -> str | None:
+    """SHA-256 of a spec file's bytes (None without a readable file)."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+    except OSError:
+        return None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 @dataclass(frozen=True)
 class EvidenceFile:
-    """The evidence of one run on one model."""
+    """The evidence of one model: its claims' records and the run that wrote the file last."""
 
     model: str
+    """The model's name (its folder's name or hub id, without the revision)."""
     revision: str | None
     claims: tuple[ClaimEvidence, ...]
     spec: str | None = None
     """The spec file the claims were judged against."""
+    spec_sha256: str | None = None
+    """SHA-256 of that spec's bytes."""
+    dtype: str | None = None
+    device: str | None = None
     versions: Mapping[str, str] = field(default_factory=library_versions)
-    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(default_factory=_now)
+    run: Mapping[str, Any] = field(default_factory=dict)
+    """What the run that wrote the file was: claim tests selected of those known, partial, load error."""
 
     def by_test(self) -> dict[str, ClaimEvidence]:
         return {c.test: c for c in self.claims}
+
+    def identity(self) -> dict[str, Any]:
+        """What a baseline belongs to: model, revision, spec, dtype, device, library versions."""
+        return {"model": self.model, "revision": self.revision, "spec": self.spec, "spec_sha256": self.spec_sha256,
+                "dtype": self.dtype, "device": self.device, **{f"version of {k}": v for k, v in self.versions.items()}}
+
+    def differences(self, other: EvidenceFile) -> list[str]:
+        """``key: ours -> theirs`` for every field of :meth:`identity` that differs (``model`` excluded)."""
+        ours, theirs = self.identity(), other.identity()
+        return [f"{key}: {ours.get(key)} -> {theirs.get(key)}" for key in dict.fromkeys([*ours, *theirs])
+                if key != "model" and ours.get(key) != theirs.get(key)]
+
+
+def evidence_filename(label: str) -> str:
+    """The file name of a model's evidence (``Qwen/Qwen2.5-0.5B@abc`` -> ``Qwen--Qwen2.5-0.5B_at_abc.json``)."""
+    return label.replace("/", "--").replace("@", "_at_").replace(" ", "_") + ".json"
 
 
 def _clean(value: Any) -> Any:
@@ -122,55 +203,179 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def write_evidence(path: str | Path, evidence: EvidenceFile) -> Path:
-    """Write ``evidence`` as JSON to ``path`` (folders created). Returns the path."""
+def record_to_dict(record: ClaimEvidence) -> dict[str, Any]:
+    """A record as JSON-safe values (non-finite numbers as strings)."""
+    return {k: _clean(v) for k, v in asdict(record).items()}
+
+
+def record_from_dict(data: Mapping[str, Any], where: str = "record") -> ClaimEvidence:
+    """Inverse of :func:`record_to_dict`; unknown keys are ignored.
+
+    Raises:
+        EvidenceError: a required key is missing or a number is not a number.
+    """
+    if not isinstance(data, Mapping):
+        raise EvidenceError(f"{where} is a {type(data).__name__}, not a claim record.")
+    missing = {"claim_id", "test", "statistic", "estimate"} - set(data)
+    if missing:
+        raise EvidenceError(f"{where} lacks {sorted(missing)}.")
+    known = set(ClaimEvidence.__dataclass_fields__)
+    record = {k: v for k, v in data.items() if k in known}
+    for key in ("estimate", "low", "high", "level", "tolerance"):
+        value = record.get(key)
+        if value is None or isinstance(value, bool):
+            continue
+        try:
+            record[key] = float(value)
+        except (TypeError, ValueError):
+            raise EvidenceError(f"{where}: {key} = {value!r} is not a number.") from None
+    return ClaimEvidence(**record)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically: a temporary file in the same folder, then ``os.replace``.
+
+    A reader (or a run interrupted half-way) sees the old file or the new one, never a mixture.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    claims = [{k: _clean(v) for k, v in asdict(c).items()} for c in evidence.claims]
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(temporary, _file_mode(path))
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    return path
+
+
+def _file_mode(path: Path) -> int:
+    """The mode of the file being replaced, or what a new file gets under the process' umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def locked(path: str | Path) -> Iterator[None]:
+    """Hold an advisory lock (``fcntl.flock`` on ``.<name>.lock`` beside ``path``) while reading, merging and writing ``path``.
+
+    Two runs that update the same file then take turns instead of each writing what it read before the
+    other wrote. Without ``fcntl`` (Windows) this only serializes nothing: writes stay atomic.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on POSIX
+        yield
+        return
+    lock = Path(path).with_name(f".{Path(path).name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_evidence(path: str | Path, evidence: EvidenceFile) -> Path:
+    """Write ``evidence`` as JSON to ``path`` atomically (folders created). Returns the path."""
     document = {
         "format": EVIDENCE_FORMAT,
         "model": evidence.model,
         "revision": evidence.revision,
         "spec": evidence.spec,
+        "spec_sha256": evidence.spec_sha256,
+        "dtype": evidence.dtype,
+        "device": evidence.device,
         "created": evidence.created,
         "library_versions": dict(evidence.versions),
-        "claims": claims,
+        "run": dict(evidence.run),
+        "claims": [record_to_dict(c) for c in evidence.claims],
     }
-    path.write_text(json.dumps(document, indent=2) + "\n")
-    return path
+    return atomic_write_text(path, json.dumps(document, indent=2) + "\n")
 
 
 def load_evidence(path: str | Path) -> EvidenceFile:
-    """Read an evidence file written by :func:`write_evidence`.
+    """Read an evidence file written by :func:`write_evidence` (format 1 or 2).
 
     Raises:
-        ValueError: naming the file, when it is missing, not JSON, or not an evidence file.
+        EvidenceError: naming the file and what to do, when it is missing, not JSON, or not an evidence file.
     """
     path = Path(path)
     try:
         document = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ValueError(f"Baseline {path} does not exist. Write one with --update-baseline, or pass the "
-                         f"path of a stored reports/evidence/<model>.json.") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"Baseline {path} is not JSON ({error}).") from None
-    if not isinstance(document, dict) or document.get("format") != EVIDENCE_FORMAT or "claims" not in document:
-        raise ValueError(f"{path} is not an evidence file of format {EVIDENCE_FORMAT} (keys: "
-                         f"{sorted(document) if isinstance(document, dict) else type(document).__name__}). "
-                         f"Regenerate it with --update-baseline.")
-    known = set(ClaimEvidence.__dataclass_fields__)
-    claims = []
-    for i, record in enumerate(document["claims"]):
-        missing = {"claim_id", "test", "statistic", "estimate"} - set(record)
-        if missing:
-            raise ValueError(f"{path}: claims[{i}] lacks {sorted(missing)}.")
-        record = {k: v for k, v in record.items() if k in known}
-        if isinstance(record["estimate"], str):
-            record["estimate"] = float(record["estimate"])
-        claims.append(ClaimEvidence(**record))
-    return EvidenceFile(model=document.get("model", "?"), revision=document.get("revision"),
-                        claims=tuple(claims), spec=document.get("spec"), versions=document.get("library_versions", {}),
-                        created=document.get("created", "?"))
+        raise EvidenceError(f"Baseline {path} does not exist. Write one with --update-baseline, or pass the "
+                            f"path of a stored reports/evidence/<model>.json.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise EvidenceError(f"{path} is not JSON ({error}): the file is damaged. Restore it from version "
+                            f"control, or delete it and write a new one with --update-baseline.") from None
+    except OSError as error:
+        raise EvidenceError(f"{path} cannot be read ({type(error).__name__}: {error}).") from None
+    if (not isinstance(document, dict) or document.get("format") not in (1, EVIDENCE_FORMAT)
+            or not isinstance(document.get("claims"), list)):
+        keys = sorted(document) if isinstance(document, dict) else type(document).__name__
+        raise EvidenceError(f"{path} is not an evidence file of format {EVIDENCE_FORMAT} (keys: {keys}). "
+                            f"Regenerate it with --update-baseline.")
+    claims = tuple(record_from_dict(record, f"{path}: claims[{i}]") for i, record in enumerate(document["claims"]))
+    model = str(document.get("model", "?"))
+    if document["format"] == 1:  # format 1 put the revision into the model's label
+        model = model.split("@")[0]
+    return EvidenceFile(model=model, revision=document.get("revision"), claims=claims, spec=document.get("spec"),
+                        spec_sha256=document.get("spec_sha256"), dtype=document.get("dtype"),
+                        device=document.get("device"), versions=document.get("library_versions") or {},
+                        created=document.get("created", "?"), run=document.get("run") or {})
+
+
+def merge_evidence(old: EvidenceFile | None, new: EvidenceFile) -> EvidenceFile:
+    """``new`` with every record of ``old`` whose test ``new`` did not run kept (old order first)."""
+    if old is None:
+        return new
+    fresh = new.by_test()
+    merged = [fresh.pop(c.test, c) for c in old.claims]
+    return replace(new, claims=(*merged, *fresh.values()))
+
+
+@dataclass(frozen=True)
+class BaselineUpdate:
+    """What :func:`update_baseline` did."""
+
+    baseline: EvidenceFile
+    updated: tuple[str, ...]
+    """Tests whose record this run replaced or added."""
+    kept: tuple[str, ...]
+    """Tests whose old record was kept because this run did not measure them."""
+    refused: Mapping[str, str]
+    """Tests this run measured without a verdict worth keeping, and why (their old record, if any, is kept)."""
+
+    def describe(self, path: str | Path) -> str:
+        text = f"{path}: {len(self.updated)} updated, {len(self.kept)} kept"
+        if self.refused:
+            text += f", {len(self.refused)} not updated (" + "; ".join(
+                f"{test}: {why}" for test, why in self.refused.items()) + ")"
+        return text
+
+
+def update_baseline(old: EvidenceFile | None, run: EvidenceFile) -> BaselineUpdate:
+    """The baseline ``old`` updated from ``run``: only records with a verdict on a finite statistic replace
+    (or add) their test's record; all other records of ``old`` are kept. The header (model, revision, spec,
+    dtype, device, versions) becomes ``run``'s.
+    """
+    refused = {c.test: why for c in run.claims if (why := has_verdict(c)) is not None}
+    good = replace(run, claims=tuple(c for c in run.claims if c.test not in refused))
+    merged = merge_evidence(old, good)
+    ran = {c.test for c in good.claims}
+    kept = tuple(c.test for c in merged.claims if c.test not in ran)
+    return BaselineUpdate(merged, tuple(c.test for c in good.claims), kept, refused)
 
 
 @dataclass(frozen=True)

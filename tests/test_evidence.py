@@ -5,16 +5,22 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from circuit.evidence import (
     ClaimEvidence,
+    EvidenceError,
     EvidenceFile,
+    atomic_write_text,
     compare_with_baseline,
     library_versions,
     load_evidence,
+    locked,
+    merge_evidence,
+    update_baseline,
     write_evidence,
 )
 
@@ -63,17 +69,123 @@ def test_bad_baselines_say_what_to_do(tmp_path):
     with pytest.raises(ValueError, match=r"does not exist\. Write one with --update-baseline"):
         load_evidence(tmp_path / "absent.json")
     (tmp_path / "x.json").write_text("{}")
-    with pytest.raises(ValueError, match=r"x\.json is not an evidence file of format 1"):
+    with pytest.raises(EvidenceError, match=r"x\.json is not an evidence file of format 2 .* Regenerate it"):
         load_evidence(tmp_path / "x.json")
     (tmp_path / "y.json").write_text("{")
-    with pytest.raises(ValueError, match=r"y\.json is not JSON"):
+    with pytest.raises(EvidenceError, match=r"y\.json is not JSON .*damaged\. Restore it .* --update-baseline"):
         load_evidence(tmp_path / "y.json")
+    (tmp_path / "z.json").write_text(json.dumps({"format": 2, "claims": [{"claim_id": "c", "test": "t",
+                                                                          "statistic": "s", "estimate": "x"}]}))
+    with pytest.raises(EvidenceError, match=r"z\.json: claims\[0\]: estimate = 'x' is not a number"):
+        load_evidence(tmp_path / "z.json")
 
 
 def test_describe_states_statistic_interval_rule_and_prompts():
     text = evidence(prompt_set="PromptSet(...)").describe()
     assert text == ("final-token-localization: recovery = 0.9 [95% CI 0.85, 0.95]; rule CI low >= 0.8 holds. "
                     "Prompts: PromptSet(...)")
+
+
+def test_a_format_1_file_is_still_read_and_its_revision_split_off(tmp_path):
+    (tmp_path / "old.json").write_text(json.dumps({"format": 1, "model": "Qwen/Qwen2.5-0.5B@abc", "revision": "abc",
+                                                   "claims": [record_dict("test_a")]}))
+    old = load_evidence(tmp_path / "old.json")
+    assert (old.model, old.revision, old.dtype, [c.test for c in old.claims]) == ("Qwen/Qwen2.5-0.5B", "abc", None,
+                                                                                   ["test_a"])
+
+
+def record_dict(test, **kw):
+    from circuit.evidence import record_to_dict
+
+    return record_to_dict(evidence(test, **kw))
+
+
+def run_file(*claims, **kw):
+    return EvidenceFile(model="m", revision=None, claims=tuple(claims), dtype="float32", device="cpu", **kw)
+
+
+def test_a_baseline_is_updated_only_from_verdicts_on_finite_statistics_and_keeps_the_rest():
+    old = run_file(*(evidence(t, estimate=0.5) for t in ("test_a", "test_b", "test_c", "test_d", "test_e")))
+    run = run_file(
+        evidence("test_a", estimate=0.9),                                    # a verdict: replaces
+        replace(evidence("test_b", estimate=0.9), outcome="failed"),         # a failed verdict: replaces
+        replace(evidence("test_c", estimate=math.nan), outcome="failed"),    # NaN: refused
+        replace(evidence("test_d", estimate=0.9), outcome="error", note="ValueError: boom"),  # error: refused
+        replace(evidence("test_e", estimate=math.nan), outcome="skipped", note="not stated"),  # skip: refused
+        evidence("test_new", estimate=0.7),                                  # new test: added
+    )
+    update = update_baseline(old, run)
+    records = update.baseline.by_test()
+    assert update.updated == ("test_a", "test_b", "test_new")
+    assert update.kept == ("test_c", "test_d", "test_e")
+    assert {t: records[t].estimate for t in records} == {"test_a": 0.9, "test_b": 0.9, "test_c": 0.5, "test_d": 0.5,
+                                                        "test_e": 0.5, "test_new": 0.7}
+    assert set(update.refused) == {"test_c", "test_d", "test_e"}
+    assert "non-finite statistic" in update.refused["test_c"]
+    assert update.refused["test_d"] == "error: ValueError: boom"
+    assert "2 updated" not in update.describe("b.json") and "3 updated, 3 kept, 3 not updated" in update.describe("b")
+    assert update_baseline(None, run).baseline.by_test().keys() == {"test_a", "test_b", "test_new"}
+
+
+def test_merging_replaces_the_records_of_the_tests_run_and_keeps_the_others():
+    old = run_file(evidence("test_a", estimate=0.1), evidence("test_b", estimate=0.2))
+    new = run_file(evidence("test_b", estimate=0.3), evidence("test_c", estimate=0.4))
+    merged = merge_evidence(old, new)
+    assert [(c.test, c.estimate) for c in merged.claims] == [("test_a", 0.1), ("test_b", 0.3), ("test_c", 0.4)]
+    assert merge_evidence(None, new) is new
+
+
+def test_a_baseline_names_model_revision_spec_dtype_device_and_versions(tmp_path):
+    spec = tmp_path / "spec.toml"
+    spec.write_text("x = 1\n")
+    from circuit.evidence import spec_sha256
+
+    run = run_file(evidence(), spec="spec.toml", spec_sha256=spec_sha256(spec))
+    document = json.loads(write_evidence(tmp_path / "b.json", run).read_text())
+    assert {k: document[k] for k in ("model", "revision", "spec", "dtype", "device")} == {
+        "model": "m", "revision": None, "spec": "spec.toml", "dtype": "float32", "device": "cpu"}
+    assert len(document["spec_sha256"]) == 64
+    assert {"torch", "transformers", "transformer-lens", "hypothesis"} <= set(document["library_versions"])
+    other = replace(load_evidence(tmp_path / "b.json"), dtype="float16", versions={**run.versions, "torch": "0"})
+    assert sorted(run.differences(other)) == ["dtype: float32 -> float16", f"version of torch: "
+                                              f"{run.versions['torch']} -> 0"]
+
+
+def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    path = atomic_write_text(tmp_path / "e.json", "old")
+
+    def broken_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write_text(path, "new")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["e.json"]
+
+
+def _merge_one(path: str, test: str) -> None:
+    """In another process: read, merge one record, write, under the lock (slowly, to invite a race)."""
+    import time
+
+    with locked(path):
+        old = load_evidence(path) if Path(path).exists() else None
+        time.sleep(0.05)
+        write_evidence(path, merge_evidence(old, run_file(evidence(test))))
+
+
+def test_concurrent_merges_under_the_lock_lose_no_record(tmp_path):
+    import multiprocessing
+
+    path = str(tmp_path / "e.json")
+    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    processes = [context.Process(target=_merge_one, args=(path, f"test_{i}")) for i in range(4)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(60)
+    assert all(p.exitcode == 0 for p in processes)
+    assert sorted(load_evidence(path).by_test()) == [f"test_{i}" for i in range(4)]
 
 
 # --- the plugin: evidence written by a run, --update-baseline, --baseline ---------------------------------
