@@ -103,14 +103,44 @@ def run_cache(model: Any, cache_or_tokens: Any) -> Any:
     return cache_or_tokens
 
 
+def _refuse_non_finite_run(bridge: Any, cache: Any) -> None:
+    """Raise :class:`~circuit.stats.NonFiniteError` when the run's final residual stream is NaN or infinite,
+    naming the model's first parameter (HF name) that is not finite: a NaN weight makes every attribution
+    NaN, and NaN ranks nowhere."""
+    from circuit.stats import check_finite
+
+    final = cache["resid_post", bridge.cfg.n_layers - 1]
+    if bool(torch.isfinite(final).all()):
+        return
+    culprit = next((f"parameter {name.replace('._original_component', '')} has {int((~torch.isfinite(p)).sum())} "
+                    f"NaN or infinite entries" for name, p in getattr(bridge, "original_model", bridge).named_parameters()
+                    if not bool(torch.isfinite(p).all())),
+                   "every parameter is finite, so the run overflowed")
+    check_finite(final, "The run's final residual stream [batch, pos, d_model] is",
+                 hint=f"no attribution can be computed: {culprit}; check the model's weights and the dtype "
+                      f"(float32 recommended)")
+
+
 def _top_k(mean: Tensor, labels: Sequence[str], k: int, by: TopBy) -> list[tuple[str, float]]:
+    """The entries surely among the ``k`` largest by ``by``, largest first, with their signed values.
+
+    Ties are ranked honestly: an entry's rank is the number of entries whose key is at least its own, itself
+    included (strictly larger + tied), and only entries of rank <= k are returned. Entries tied across the
+    k-th place are all left out (fewer than ``k`` come back), so that all-zero values rank nothing first.
+    A value that is NaN or infinite raises :class:`~circuit.stats.NonFiniteError`: it cannot be ranked.
+    """
+    from circuit.stats import check_finite
+
     if by not in ("abs", "positive", "negative"):
         raise ValueError(f"by={by!r}: use 'abs' (largest magnitude), 'positive' or 'negative'.")
     if k < 0:
         raise ValueError(f"k={k} must be non-negative.")
+    check_finite(mean, "The values to rank are", hint="cannot rank them; check the model's weights and the dtype "
+                                                       "(float32 recommended)")
     key = {"abs": mean.abs(), "positive": mean, "negative": -mean}[by]
-    order = torch.argsort(key, descending=True, stable=True)[: min(k, mean.numel())]
-    return [(labels[int(i)], float(mean[int(i)])) for i in order]
+    rank = (key[None, :] >= key[:, None]).sum(-1)  # pessimistic: strictly larger + tied, itself included
+    order = torch.argsort(key, descending=True, stable=True)
+    return [(labels[int(i)], float(mean[int(i)])) for i in order if int(rank[i]) <= k]
 
 
 @dataclass(frozen=True, eq=False)
@@ -384,6 +414,7 @@ def head_attribution(model: Any, cache_or_tokens: Any, directions: ResidualDirec
     cache = run_cache(model, cache_or_tokens)
     n_layers = bridge.cfg.n_layers
     _check_shape(cache, directions)
+    _refuse_non_finite_run(bridge, cache)
     with torch.no_grad():
         scale = _final_scale(cache, directions)
         heads, biases = [], []
