@@ -301,6 +301,25 @@ def render_spec(draft: Draft, *, header: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+def _bad_arguments(args: argparse.Namespace, min_prompts: int) -> str | None:
+    """The first problem with the command line's numbers, as one line naming the option and the fix, or None."""
+    from circuit.task import MAX_DIGITS
+
+    for flag, value in (("--min-digits", args.min_digits), ("--max-digits", args.max_digits)):
+        if not 1 <= value <= MAX_DIGITS:
+            return f"{flag} {value} is out of range: operands have 1 to {MAX_DIGITS} digits."
+    if args.min_digits > args.max_digits:
+        return f"--min-digits {args.min_digits} is larger than --max-digits {args.max_digits}."
+    if args.min_size < min_prompts:
+        return (f"--min-size {args.min_size} is too small: the claims' intervals need at least {min_prompts} distinct "
+                f"prompts (16 is the default).")
+    if args.min_size > args.max_size:
+        return f"--min-size {args.min_size} is larger than --max-size {args.max_size}."
+    if args.prompt_sets < 1:
+        return f"--prompt-sets {args.prompt_sets}: measure at least 1 prompt set (5 is the default)."
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import os
 
@@ -315,13 +334,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-size", type=int, default=16)
     parser.add_argument("--max-size", type=int, default=16)
     parser.add_argument("--metric", default="first_differing_token", choices=["seed", "first_differing_token"])
-    parser.add_argument("--corruptions", nargs="+", default=["same_length"])
+    parser.add_argument("--corruptions", nargs="+", default=["same_length"], choices=["same_length", "reversed"])
     parser.add_argument("--prompt-sets", type=int, default=DiscoveryOptions.n_prompt_sets)
     args = parser.parse_args(argv)
+    problem = _bad_arguments(args, DiscoveryOptions.statistics.min_prompts)
+    if problem:
+        parser.error(problem)
 
-    from circuit.models import load_model
+    from circuit.models import ModelLoadError, load_model, resolve_device
 
-    model = load_model(args.model, device=args.device, with_hf_reference=False)
+    try:
+        resolve_device(args.device)
+    except ValueError as error:
+        parser.error(f"--device: {error}")
+    try:
+        model = load_model(args.model, device=args.device, with_hf_reference=False)
+    except ModelLoadError as error:
+        parser.error(f"--model: {error}")
     prompts = PromptSpec(min_size=args.min_size, max_size=args.max_size, min_digits=args.min_digits,
                          max_digits=args.max_digits, corruptions=tuple(args.corruptions), metric=args.metric)
     options = DiscoveryOptions(prompts=prompts, n_prompt_sets=args.prompt_sets)

@@ -197,6 +197,12 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "~", os.sep)) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
 
 
+def _first_line(error: BaseException) -> str:
+    """The first line of an error's message: messages here stay one line."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def _not_available(name: str, revision: str | None, cause: BaseException) -> ModelNotAvailableError:
     at = f" at revision {revision!r}" if revision else ""
     how = (
@@ -209,7 +215,7 @@ def _not_available(name: str, revision: str | None, cause: BaseException) -> Mod
     mode = "HF_HUB_OFFLINE is set and " if _offline() else ""
     return ModelNotAvailableError(
         f"Model {name!r}{at} is not available: {mode}it is neither a local folder nor in the HF cache "
-        f"({type(cause).__name__}: {cause}). {how}"
+        f"({type(cause).__name__}: {_first_line(cause)}). {how}"
     )
 
 
@@ -388,9 +394,16 @@ def load_model(
     def failed(error: BaseException, what: str) -> ModelLoadError:
         """A loading error, as the error of the folder or of the hub model (never 'not in the cache' for a folder)."""
         if local:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
             return ModelFolderError(f"Model folder {name!r}: its {what} cannot be loaded ({type(error).__name__}: "
-                                    f"{first}); {_FOLDER_FIX}.")
+                                    f"{_first_line(error)}); {_FOLDER_FIX}.")
+        if what == "weights":  # config and tokenizer were found: the model is there, its safetensors are not
+            at = f" at revision {revision!r}" if revision else ""
+            return ModelNotAvailableError(
+                f"Model {name!r}{at}: its config and tokenizer were found but not its *.safetensors weights "
+                f"({type(error).__name__}: {_first_line(error)}). This library loads safetensors only: download "
+                f"them (`huggingface-cli download {name} --include '*.safetensors'`), or, if the repository has only "
+                f"pickle weights (pytorch_model.bin), convert them into a folder you trust with "
+                f"save_pretrained(folder, safe_serialization=True) and pass that folder.")
         return _not_available(name, revision, error)
 
     try:

@@ -48,3 +48,51 @@ def test_discovery_states_only_what_holds_on_a_random_model(test_models):
     assert sorted(draft.spec.claims) == ["attribution-completeness", "hf-equivalence"]
     assert "task-solved" in draft.notes and "not stated" in draft.notes["task-solved"]
     assert "# task-solved: not stated" in render_spec(draft)
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--max-digits", "0"], "--max-digits 0 is out of range: operands have 1 to 9 digits."),
+    (["--min-digits", "10"], "--min-digits 10 is out of range: operands have 1 to 9 digits."),
+    (["--min-digits", "3", "--max-digits", "2"], "--min-digits 3 is larger than --max-digits 2."),
+    (["--min-size", "1", "--max-size", "1"], "--min-size 1 is too small: the claims' intervals need at least 5 "
+                                             "distinct prompts"),
+    (["--min-size", "20", "--max-size", "16"], "--min-size 20 is larger than --max-size 16."),
+    (["--prompt-sets", "0"], "--prompt-sets 0: measure at least 1 prompt set"),
+    (["--device", "nosuchdev"], "--device: Unknown device 'nosuchdev': use 'auto'"),
+])
+def test_bad_arguments_are_one_line_usage_errors(capsys, arguments, message):
+    from circuit.discover import main
+
+    with pytest.raises(SystemExit) as caught:
+        main(["--model", str(DEFAULT_MODEL), *arguments])
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert f"python -m circuit.discover: error: {message}" in err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("python -m circuit.discover: error:")
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("/no/such/model", "--model: Model '/no/such/model' looks like a local path, but no such folder exists."),
+    ("no-org/no-model", "--model: Model 'no-org/no-model' is not available: HF_HUB_OFFLINE is set"),
+])
+def test_a_missing_model_is_a_one_line_usage_error(capsys, monkeypatch, name, message):
+    from circuit.discover import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SystemExit) as caught:
+        main(["--model", name])
+    assert caught.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"python -m circuit.discover: error: {message}")
+
+
+def test_a_broken_model_folder_is_a_one_line_usage_error(capsys, tmp_path):
+    from circuit.discover import main
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(SystemExit) as caught:
+        main(["--model", str(tmp_path)])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        f"python -m circuit.discover: error: --model: Model folder '{tmp_path}' has no tokenizer files and no "
+        f"*.safetensors weights")

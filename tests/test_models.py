@@ -205,3 +205,40 @@ def test_bad_dtypes_are_named_with_the_choices():
     with pytest.raises(DtypeError, match="torch.int64 is not a floating-point dtype"):
         resolve_dtype(torch.int64)
     assert resolve_dtype(torch.float16) is torch.float16
+
+
+def _hub_cache(tmp_path: Path, good: Path, repo: str, names: tuple[str, ...]) -> Path:
+    """An HF hub cache holding one snapshot of ``repo`` with some of ``good``'s files."""
+    root = tmp_path / "hub"
+    entry = root / f"models--{repo.replace('/', '--')}"
+    commit = "0" * 40
+    (entry / "refs").mkdir(parents=True)
+    (entry / "refs" / "main").write_text(commit)
+    snapshot = entry / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for name in names:
+        (snapshot / name).symlink_to(good / name)
+    return root
+
+
+def test_a_cached_hub_model_without_safetensors_weights_says_so(tmp_path, good_folder, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(_hub_cache(tmp_path, good_folder, "org/tiny",
+                                                                   ("config.json", *TOKENIZER))))
+    with pytest.raises(ModelNotAvailableError) as caught:
+        load_model("org/tiny", with_hf_reference=False)
+    message = str(caught.value)
+    assert "\n" not in message and "neither a local folder nor in the HF cache" not in message
+    assert message.startswith("Model 'org/tiny': its config and tokenizer were found but not its *.safetensors weights")
+    assert "huggingface-cli download org/tiny --include '*.safetensors'" in message
+
+
+def test_a_cached_hub_model_loads(tmp_path, good_folder, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(_hub_cache(tmp_path, good_folder, "org/tiny",
+                                                                   ("config.json", "model.safetensors", *TOKENIZER))))
+    assert load_model("org/tiny", with_hf_reference=False).label == "org/tiny"
