@@ -144,7 +144,15 @@ class Lab:
             return (metric(self.run(ps, "clean")[0]).detach().cpu(),
                     metric(self.run(ps, "corrupted")[0]).detach().cpu())
 
-        return self._cached((ps, "logit_diffs"), compute)
+        return self._per_prompt(ps, *self._cached((ps, "logit_diffs"), compute))
+
+    def _per_prompt(self, ps: Any, *values: Any) -> tuple:
+        """``values``, each checked to hold one value per prompt of ``ps`` (``MetricShapeError`` otherwise)."""
+        from circuit.metrics import check_per_prompt
+
+        for value in values:
+            check_per_prompt(value, len(ps.clean), "The spec's metric")
+        return values
 
     # statistics -------------------------------------------------------------------------------------
     def ci(self, values: Any, statistic: Callable | None = None):

@@ -1,13 +1,16 @@
-"""The Lab's claim statistics refuse to pretend: too few prompts, values that are not finite, and heads
-whose effects tie (all zero, as on a model whose every prompt is one token) do not rank first."""
+"""The Lab's claim statistics refuse to pretend: too few prompts, values that are not finite, a metric that
+does not give one value per prompt, and heads whose effects tie (all zero, as on a model whose every
+prompt is one token) do not rank first."""
 
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from circuit.lab import Lab
+from circuit.metrics import MetricShapeError
 from circuit.spec import NamedHead, load_spec
 from circuit.stats import NonFiniteError, TooFewPromptsError
 
@@ -71,3 +74,32 @@ def test_a_claim_statistic_over_values_that_are_not_finite_fails_with_the_reason
     with pytest.raises(NonFiniteError, match=r"^Values to bootstrap over 8 prompts are not finite: 1 NaN and 0 "
                                              r"infinite of 32 \(shape \(2, 2, 8\), first at index \(1, 0, 3\)\)"):
         FixedHeads(values).worst_head_rank(None, heads("L0H0"), "z_patching")
+
+
+class FixedMetric(Lab):
+    """A lab whose runs give fixed logits and whose metric is any callable, to test how its values are checked."""
+
+    def __init__(self, metric, n_prompts=8):
+        super().__init__(model=SimpleNamespace(name="fixed"), spec=load_spec(SPEC))
+        self.metric, self.logits = metric, torch.zeros(n_prompts, 5, 11)
+
+    def inputs(self, ps):
+        return None, None, self.metric
+
+    def run(self, ps, which="clean"):
+        return self.logits, None
+
+
+class Prompts:
+    """A stand-in prompt set of 8 clean prompts (hashable, as the lab's cache needs)."""
+
+    clean = tuple(range(8))
+
+
+def test_a_metric_that_returns_3_values_for_8_prompts_is_refused():
+    lab = FixedMetric(lambda logits: logits[:3, -1, 0])
+    with pytest.raises(MetricShapeError, match=r"^The spec's metric returned shape \(3,\) for a batch of 8 prompts: a "
+                                               r"metric returns one value per prompt, shape \(8,\)"):
+        lab.logit_diffs(Prompts())
+    clean, corrupted = FixedMetric(lambda logits: logits[:, -1, 0]).logit_diffs(Prompts())
+    assert clean.shape == corrupted.shape == (8,)
