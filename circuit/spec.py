@@ -17,6 +17,7 @@ Layout of a spec file::
     [statistics]                # how intervals are computed
     level = 0.95
     n_resamples = 1000
+    min_prompts = 5             # optional: intervals over fewer distinct prompts are refused
     [prompts]                   # which prompt sets the claims are tested on
     ...
     [claims.named-heads]        # one table per stated claim, fields as in the dataclasses below
