@@ -15,7 +15,8 @@ Each is computed for the final query position (``query="final"``, where the answ
 averaged over all query positions after BOS (``query="all"``; the BOS query, which can only see itself, is
 left out). What a head moves is information from a *residual-stream position*, not from a token: a summary
 says where a head looks, not what it reads there. :func:`head_patterns` returns the patterns of chosen
-heads, with their labels and token strings, for the reports.
+heads, with their labels and token strings, for the reports. Summaries and patterns are float32 whatever
+the model's dtype (the patterns are cast before anything is summed).
 """
 
 from __future__ import annotations
@@ -138,7 +139,8 @@ def _patterns(model: Any, cache: Any, tokens: Tensor, mask: Tensor) -> Float[Ten
         with torch.no_grad():
             kwargs = {"attention_mask": mask} if bool((mask == 0).any()) else {}
             _, cache = bridge.run_with_cache(tokens, **kwargs)
-    patterns = torch.stack([cache["pattern", layer] for layer in range(bridge.cfg.n_layers)]).detach()
+    # float32 whatever the model's dtype: sums of a bfloat16 pattern's weights drift by ~1e-2
+    patterns = torch.stack([cache["pattern", layer] for layer in range(bridge.cfg.n_layers)]).detach().float()
     if patterns.shape[1] != tokens.shape[0] or patterns.shape[-1] != tokens.shape[1]:
         raise ValueError(f"The cache's patterns are for {patterns.shape[1]} rows x {patterns.shape[-1]} "
                          f"positions but the tokens are {tuple(tokens.shape)}: pass the tokens the cache was "

@@ -31,6 +31,12 @@ the last entry of :func:`logit_lens` is the metric's value (the frozen scale is 
 residual, so it is exact there; earlier entries of the frozen lens are the DLA of the stream so far, and
 with ``ln="recompute"`` each entry is normalized by its own RMS, as if the model stopped there).
 
+Precision: whatever the model's dtype, every read is computed in float32 from the cached activations
+(directions, the frozen scale, per-head products and the sums), so a bfloat16 or float16 model's
+attributions carry only the rounding of its activations, not that of the arithmetic here. The model's
+own logits are still rounded to its dtype, which is why completeness tolerances are per dtype
+(``circuit.spec.PerDtype``).
+
 Per-head results are computed from ``hook_z`` and ``W_O`` at the positions read, rather than with
 ``ActivationCache.stack_head_results`` (which works on the bridge, but materializes every head at every
 position and writes ``hook_result`` entries into the caller's cache); the tests check both agree.
@@ -172,8 +178,8 @@ class ResidualDirections:
     kind: str
 
     def read_logits(self, logits: Float[Tensor, "row pos d_vocab"]) -> Float[Tensor, " batch"]:
-        """The same reads made on the logits: ``sum_k weights * (logit[correct] - logit[incorrect])``."""
-        picked = logits[self.rows, self.positions]
+        """The same reads made on the logits: ``sum_k weights * (logit[correct] - logit[incorrect])``, in float32."""
+        picked = logits[self.rows, self.positions].float()
         plus = picked.gather(-1, self.correct[..., None])[..., 0]
         minus = picked.gather(-1, self.incorrect.clamp(min=0)[..., None])[..., 0]
         minus = torch.where(self.incorrect >= 0, minus, torch.zeros_like(minus))
@@ -190,9 +196,10 @@ class ResidualDirections:
     ) -> Float[Tensor, "*component batch"]:
         """``sum_k weights * <vectors / scale, direction>`` for gathered vectors (the constant excluded).
 
-        ``scale`` is the norm's scale at each read (``[batch, read, 1]``), or one per component too.
+        ``scale`` is the norm's scale at each read (``[batch, read, 1]``), or one per component too. Computed
+        in float32 whatever the dtype of ``vectors``.
         """
-        return einops.einsum(vectors / scale, self.directions, self.weights,
+        return einops.einsum(vectors.float() / scale.float(), self.directions.float(), self.weights.float(),
                              "... batch read d_model, batch read d_model, batch read -> ... batch")
 
 
@@ -200,7 +207,7 @@ def _direction_tensors(
     bridge: Any, correct: Tensor, incorrect: Tensor, weights: Tensor
 ) -> tuple[Tensor, Tensor]:
     def directions(tokens: Tensor) -> Tensor:
-        out = bridge.tokens_to_residual_directions(tokens.clamp(min=0))
+        out = bridge.tokens_to_residual_directions(tokens.clamp(min=0)).float()
         return out.reshape(*tokens.shape, -1)  # it squeezes a single token to [d_model]
 
     with torch.no_grad():
@@ -210,6 +217,7 @@ def _direction_tensors(
         if b_u is None:
             constant = torch.zeros(correct.shape[0], dtype=plus.dtype, device=plus.device)
         else:
+            b_u = b_u.float()
             subtracted = b_u[incorrect.clamp(min=0)] * (incorrect >= 0)
             bias = b_u[correct] - subtracted
             constant = (bias * weights.to(bias)).sum(-1)
@@ -313,7 +321,7 @@ def logit_lens(
     _check_shape(cache, directions)
     with torch.no_grad():
         stack, labels = cache.accumulated_resid(layer=-1, incl_mid=incl_mid, return_labels=True)
-        vectors = directions.gather(stack)
+        vectors = directions.gather(stack).float()
         if ln == "frozen":
             scale = _final_scale(cache, directions)
         else:
@@ -419,8 +427,8 @@ def head_attribution(model: Any, cache_or_tokens: Any, directions: ResidualDirec
         scale = _final_scale(cache, directions)
         heads, biases = [], []
         for layer in range(n_layers):
-            z = cache["z", layer][directions.rows, directions.positions]  # batch read head d_head
-            result = einops.einsum(z, bridge.blocks[layer].attn.W_O,
+            z = cache["z", layer][directions.rows, directions.positions].float()  # batch read head d_head
+            result = einops.einsum(z, bridge.blocks[layer].attn.W_O.float(),
                                    "batch read head d_head, head d_head d_model -> head batch read d_model")
             heads.append(directions.project(result, scale))
             b_o = getattr(bridge.blocks[layer].attn, "b_O", None)

@@ -147,7 +147,7 @@ def discover(model: Any, options: DiscoveryOptions, *, match: Sequence[str]) -> 
     g, m = options.grid, options.margin
     claims: dict[str, Any] = {
         "hf-equivalence": HfEquivalenceClaim(tolerance=1e-5),
-        "attribution-completeness": AttributionCompletenessClaim(tolerance=1e-4, atol=1e-4),
+        "attribution-completeness": AttributionCompletenessClaim(tolerance=1e-4),
     }
     notes: dict[str, str] = {}
 

@@ -138,11 +138,14 @@ class Lab:
         return self._cached((ps, "run", which), compute)
 
     def logit_diffs(self, ps: Any):
-        """Per-prompt metric on clean and on corrupted prompts: ``(clean [batch], corrupted [batch])``."""
+        """Per-prompt metric on clean and on corrupted prompts: ``(clean [batch], corrupted [batch])``.
+
+        Read in float32 from the logits, whatever the model's dtype (the logits themselves keep its rounding).
+        """
         def compute():
             metric = self.inputs(ps)[2]
-            return (metric(self.run(ps, "clean")[0]).detach().cpu(),
-                    metric(self.run(ps, "corrupted")[0]).detach().cpu())
+            return (metric(self.run(ps, "clean")[0].float()).detach().cpu(),
+                    metric(self.run(ps, "corrupted")[0].float()).detach().cpu())
 
         return self._per_prompt(ps, *self._cached((ps, "logit_diffs"), compute))
 

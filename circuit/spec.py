@@ -22,6 +22,15 @@ Layout of a spec file::
     ...
     [claims.named-heads]        # one table per stated claim, fields as in the dataclasses below
     ...
+
+Numbers that depend on the model's floating-point precision (the tolerances of identities that hold
+exactly in real arithmetic: bridge vs HF probabilities, attributions adding up) are :class:`PerDtype`
+fields, written as one table per field, one value per dtype the suite runs in::
+
+    atol = {float32 = 1e-4, bfloat16 = 0.25, float16 = 0.03}
+
+(a single number means the same value at every dtype; float64 takes the float32 value). A claim reads the
+value of the model's dtype with ``claim.atol.at(model.dtype)``.
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ __all__ = [
     "ModelSpec",
     "NamedHead",
     "NamedHeadsClaim",
+    "PerDtype",
     "PromptSpec",
     "Spec",
     "SpecError",
@@ -72,6 +82,44 @@ def parse_head(label: str) -> tuple[int, int]:
     if match is None:
         raise ValueError(f"{label!r} is not a head label: write heads as 'L<layer>H<head>', e.g. 'L23H1'.")
     return int(match[1]), int(match[2])
+
+
+# --- precision-dependent numbers ----------------------------------------------------------------------
+
+DTYPES = ("float32", "bfloat16", "float16")
+"""The dtypes a :class:`PerDtype` value names (float64 reads the float32 value)."""
+
+
+@dataclass(frozen=True)
+class PerDtype:
+    """A number that depends on the precision the model runs in: one value per dtype.
+
+    In a spec: ``{float32 = 1e-4, bfloat16 = 0.25, float16 = 0.03}`` (all three), or one number for all.
+    """
+
+    float32: float
+    bfloat16: float
+    float16: float
+
+    def at(self, dtype: Any) -> float:
+        """The value for ``dtype`` (a ``torch.dtype`` or its name; ``float64`` reads ``float32``).
+
+        Raises:
+            ValueError: a dtype with no value here (e.g. an integer dtype or float8).
+        """
+        name = str(dtype).removeprefix("torch.")
+        name = "float32" if name == "float64" else name
+        if name not in DTYPES:
+            raise ValueError(f"No value for dtype {dtype!r}: a per-dtype spec value has {list(DTYPES)} "
+                             f"(and float64, which reads float32).")
+        return getattr(self, name)
+
+    def values(self) -> tuple[float, ...]:
+        """The values in the order of ``DTYPES``."""
+        return tuple(getattr(self, name) for name in DTYPES)
+
+    def __str__(self) -> str:
+        return "{" + ", ".join(f"{name} = {getattr(self, name):g}" for name in DTYPES) + "}"
 
 
 # --- the sections -------------------------------------------------------------------------------------
@@ -138,10 +186,11 @@ class ClaimSpec:
 class HfEquivalenceClaim(ClaimSpec):
     """Claim 1: the TransformerLens bridge computes the same probabilities as the HF model."""
 
-    atol: float = 1e-5
-    """Largest |softmax(bridge) - softmax(HF)| allowed when the model runs in float32 (or float64)."""
-    atol_low_precision: float = 1e-2
-    """The same bound when the model runs in bfloat16 or float16."""
+    atol: PerDtype = PerDtype(float32=1e-5, bfloat16=0.3, float16=0.08)
+    """Largest |softmax(bridge) - softmax(HF)| allowed, per dtype. In low precision the two round
+    differently (the bridge folds norms and centres the unembedding); on the default model, 300 random
+    prompts gave at most 8.6e-6 (float32), 0.17 (bfloat16: HF itself is 0.14 off its float32 copy) and
+    0.041 (float16), so the defaults sit about 2x above."""
 
 
 @dataclass(frozen=True)
@@ -231,8 +280,11 @@ class TopHeadAttentionClaim(ClaimSpec):
 class AttributionCompletenessClaim(ClaimSpec):
     """Claim 8: direct logit attributions of all components add up to the logit difference."""
 
-    atol: float
-    """Largest per-prompt |sum of attributions - logit difference| allowed (CI high of the max)."""
+    atol: PerDtype = PerDtype(float32=1e-4, bfloat16=0.25, float16=0.03)
+    """Largest per-prompt |sum of attributions - logit difference| allowed (CI high of the max), per dtype.
+    The attributions are summed in float32 from the cached activations, but the model's own logits are
+    rounded to its dtype (half a unit in the last place of a logit near 20 is 0.06 in bfloat16, 0.008 in
+    float16); on the default model the largest gap was 0.074 (bfloat16) and 0.010 (float16)."""
 
 
 KNOWN_CLAIMS: dict[str, type[ClaimSpec]] = {
@@ -299,6 +351,17 @@ def _convert(path: Path, key: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _fail(path, key, f"must be a number, got {value!r}.")
         return float(value)
+    if base == "PerDtype":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return PerDtype(*(float(value),) * len(DTYPES))
+        if not isinstance(value, dict):
+            raise _fail(path, key, f"must be a number or a table of one number per dtype, "
+                                   f"{{float32 = ..., bfloat16 = ..., float16 = ...}}, got {value!r}.")
+        unknown, missing = sorted(set(value) - set(DTYPES)), [d for d in DTYPES if d not in value]
+        if unknown or missing:
+            raise _fail(path, key, f"a per-dtype table needs exactly the keys {list(DTYPES)}; "
+                                   f"unknown {unknown}, missing {missing}.")
+        return PerDtype(**{d: _convert(path, f"{key}.{d}", value[d], "float") for d in DTYPES})
     if base == "str":
         if not isinstance(value, str):
             raise _fail(path, key, f"must be a string, got {value!r}.")
@@ -380,6 +443,10 @@ def _check_values(spec: Spec) -> None:
     for claim_id, claim in spec.claims.items():
         if claim.tolerance < 0:
             raise _fail(path, f"claims.{claim_id}.tolerance", f"must be >= 0, got {claim.tolerance}.")
+        for f in fields(claim):
+            value = getattr(claim, f.name)
+            if isinstance(value, PerDtype) and min(value.values()) < 0:
+                raise _fail(path, f"claims.{claim_id}.{f.name}", f"must be >= 0 at every dtype, got {value}.")
         for name in ("top_k", "late_from_layer", "early_until_layer", "from_layer"):
             value = getattr(claim, name, None)
             if value is not None and value < (1 if name == "top_k" else 0):

@@ -26,9 +26,11 @@ def test_head_attributions_sum_to_the_logit_difference(model, lab, claim, eviden
     error = (attribution.total.detach().cpu().double() - clean.double()).abs()
     largest = lab.ci(error, lambda x: x.amax(-1))
     lens = lab.logit_lens(prompt_set)
+    dtype = str(model.dtype).removeprefix("torch.")
+    atol = claim.atol.at(model.dtype)
     record = evidence.record(
         "largest per-prompt |sum of attributions - logit difference|", largest,
-        threshold=f"CI high <= atol = {claim.atol}", holds=bool(largest.high <= claim.atol), prompt_set=prompt_set,
+        threshold=f"CI high <= atol[{dtype}] = {atol:g}", holds=bool(largest.high <= atol), prompt_set=prompt_set,
         figures={"Logit lens (clean, final position): the last entry is the logit difference": lambda: line_figure(
             lens.mean, title="Logit lens", xlabel="residual stream", ylabel="logit difference",
             xticklabels=list(lens.labels))},

@@ -19,14 +19,12 @@ from circuit.strategies import problem_sets
 STATEMENT = "TransformerLens (bridge, compatibility mode) and Hugging Face give the same next-token probabilities."
 
 
-def _atol(model, claim) -> float:
-    return claim.atol if model.dtype in (torch.float32, torch.float64) else claim.atol_low_precision
-
-
 def _judge(model, claim, evidence, tokens, shown):
-    result = compare_models(model.bridge, model.hf_model, tokens, tokenizer=model.tokenizer, atol=_atol(model, claim))
+    atol = claim.atol.at(model.dtype)  # the bound for the dtype the model runs in
+    result = compare_models(model.bridge, model.hf_model, tokens, tokenizer=model.tokenizer, atol=atol)
+    dtype = str(model.dtype).removeprefix("torch.")
     record = evidence.record("max |softmax(bridge) - softmax(HF)| over positions and tokens", result.max_abs_diff,
-                             threshold=f"<= {result.atol:g}", holds=result.holds, prompt_set=shown)
+                             threshold=f"<= atol[{dtype}] = {atol:g}", holds=result.holds, prompt_set=shown)
     assert record.holds, result.describe()
 
 
