@@ -1,18 +1,21 @@
 """Direct logit attribution (DLA) and the logit lens: which components write the answer into the logits.
 
-The logits are ``LN_final(resid) @ W_U + b_U``. With the final normalization's scale *frozen* at the
-value the run computed (``ln_final.hook_scale``, one number per row and position; our bridges fold the
-norm's weight into ``W_U``, so the norm is a division by that scale and nothing else), the map from the
-final residual stream to a logit difference is linear. The final residual stream is a sum of components
-(token embedding, every attention layer's output, every MLP layer's output), and each attention output is
-a sum of per-head results ``z_h @ W_O[h]`` plus the layer's bias ``b_O``. So a logit difference splits
-*exactly* into one contribution per component: that is direct logit attribution. It is "direct" because
-it counts only the path from a component straight to the logits, not its effect through later layers.
+The logits are ``LN_final(resid) @ W_U + b_U``, where ``LN_final(x) = centre(x) / scale * w + b``
+(``centre`` subtracts the mean for LayerNorm and is the identity for RMSNorm). With the final norm's scale
+*frozen* at the value the run computed (``ln_final.hook_scale``, one number per row and position), the map
+from the final residual stream to a logit difference is linear: ``<LN_final(x), d> = <x / scale,
+centre(w * d)> + <b, d>``. The final residual stream is a sum of components (token and, where the model has
+them, learned position embeddings, every attention layer's output, every MLP layer's output), and each
+attention output is a sum of per-head results ``z_h @ W_O[h]`` plus the layer's bias ``b_O``. So a logit
+difference splits *exactly* into one contribution per component: that is direct logit attribution. It is
+"direct" because it counts only the path from a component straight to the logits, not its effect through
+later layers.
 
 A metric is read as a :class:`ResidualDirections`: for each prompt a list of *reads*, each a row and a
-position of the token batch, a residual direction (``W_U[:, correct] - W_U[:, incorrect]``, from
-``tokens_to_residual_directions``) and a weight, plus the constant that ``b_U`` adds. The value of the
-metric is ``sum_reads weight * <resid[row, pos] / scale[row, pos], direction> + constant``:
+position of the token batch, a residual direction (``W_U[:, correct] - W_U[:, incorrect]`` from
+``tokens_to_residual_directions``, through the final norm's weight and centring) and a weight, plus the
+constant that ``b_U`` and the final norm's bias add. The value of the metric is ``sum_reads weight *
+<resid[row, pos] / scale[row, pos], direction> + constant``:
 
 - the seed-compatible and first-token logit differences (:class:`~circuit.metrics.LogitDiffMetric`) map
   exactly. The seed metric *averages* its answer slots (weights ``1/n_slots``); the source analysis'
@@ -24,12 +27,37 @@ metric is ``sum_reads weight * <resid[row, pos] / scale[row, pos], direction> + 
   bridge's centred unembedding the logit part is measured against the mean logit over the vocabulary.
   It is the logit part of the log-prob difference, not the log-prob difference.
 
-Identities (tested in ``tests/test_attribution.py``): the components of :func:`layer_attribution` plus
-the constant sum to the metric's value on the run's logits; so do the heads, ``b_O`` terms and the rest in
-:func:`head_attribution`; per-head results sum over a layer's heads to its attention output minus ``b_O``;
-the last entry of :func:`logit_lens` is the metric's value (the frozen scale is the scale of the final
-residual, so it is exact there; earlier entries of the frozen lens are the DLA of the stream so far, and
-with ``ln="recompute"`` each entry is normalized by its own RMS, as if the model stopped there).
+Architectures. Nothing here is keyed on a model's name; what differs is read from the bridge:
+
+- *the final norm's weight and bias*: TransformerLens folds them into ``W_U`` / ``b_U`` where the adapter
+  supports it (the norm then holds ones and zeros); where it does not (OLMo-2: "norm weights stay
+  unfolded"), the weight the norm still holds, ``1 + w`` for Gemma's offset convention, is applied to the
+  directions, so the reads are exact either way;
+- *LayerNorm* (GPT-2, GPT-NeoX): the centring is applied to the directions (``<centre(x), d> = <x,
+  centre(d)>``), exact whether or not the writing weights were centred;
+- *norms after the sub-layers* (Gemma-2, OLMo-2: ``resid += norm(attn(x))``): a head's write to the
+  residual stream is its result through that norm with the norm's scale frozen (``ln1_post.hook_scale``),
+  so heads and biases still sum to the attention output;
+- *no bias* (Llama, Qwen3, ...): an absent ``b_O`` is zero;
+- *parallel attention and MLP* (GPT-NeoX): there is no residual stream between them (no
+  ``hook_resid_mid``), so the logit lens has one entry per layer;
+- *a transform of the logits after the unembedding* (Gemma-2's soft-cap ``30 * tanh(logit / 30)``) is not
+  linear, and DLA cannot split it: every value is then of the logits *before* the transform, which
+  :attr:`ResidualDirections.logits_transform` and every result's ``kind`` say. :func:`attribution_target`
+  gives the value they add up to (the metric read on the pre-transform logits, ``unembed.hook_out``).
+
+Each decomposition is checked against the model's own cached activations at the positions read (the final
+and post norms' outputs, the attention outputs, the residual stream): an architecture that writes to the
+residual stream in a way not modelled here raises ``NotImplementedError`` naming the activation, rather
+than returning attributions that do not add up.
+
+Identities (tested in ``tests/test_attribution.py`` on every test architecture): the components of
+:func:`layer_attribution` plus the constant sum to :func:`attribution_target` (the metric's value on the
+run's logits, before any soft-cap); so do the heads, bias terms and the rest in :func:`head_attribution`;
+per-head results sum over a layer's heads, with the bias term, to its attention output; the last entry of
+:func:`logit_lens` is the same value (the frozen scale is the scale of the final residual, so it is exact
+there; earlier entries of the frozen lens are the DLA of the stream so far, and with ``ln="recompute"``
+each entry is normalized by its own scale, as if the model stopped there).
 
 Precision: whatever the model's dtype, every read is computed in float32 from the cached activations
 (directions, the frozen scale, per-head products and the sums), so a bfloat16 or float16 model's
@@ -61,6 +89,7 @@ __all__ = [
     "LayerAttribution",
     "LogitLens",
     "ResidualDirections",
+    "attribution_target",
     "head_attribution",
     "head_label",
     "head_results",
@@ -149,13 +178,113 @@ def _top_k(mean: Tensor, labels: Sequence[str], k: int, by: TopBy) -> list[tuple
     return [(labels[int(i)], float(mean[int(i)])) for i in order if int(rank[i]) <= k]
 
 
+def _parameter(module: Any, name: str) -> Tensor | None:
+    """``module.<name>`` detached in float32, or None where it is absent (TransformerLens 4 raises
+    AttributeError for the biases of bias-free projections; an absent bias is a zero bias)."""
+    try:
+        value = getattr(module, name, None)
+    except AttributeError:
+        return None
+    return None if value is None else value.detach().float()
+
+
+@dataclass(frozen=True)
+class _Norm:
+    """A normalization as the run applies it: ``centre(x) / scale * weight + bias``, in float32.
+
+    ``scale`` is the norm's ``hook_scale`` (frozen at the run's value); ``weight`` is what the norm still
+    multiplies by after TransformerLens' folding (``1 + w`` for Gemma's offset convention), None for none.
+    """
+
+    name: str
+    centred: bool
+    weight: Tensor | None
+    bias: Tensor | None
+    eps: float
+
+    def centre(self, x: Tensor) -> Tensor:
+        return x - x.mean(-1, keepdim=True) if self.centred else x
+
+    def linear(self, x: Tensor, scale: Tensor) -> Tensor:
+        """The norm's linear part at a frozen scale (no bias): ``centre(x) / scale * weight``."""
+        x = self.centre(x.float()) / scale.float()
+        return x if self.weight is None else x * self.weight
+
+    def read(self, direction: Tensor) -> Tensor:
+        """The direction ``d'`` with ``<linear(x, scale), d> = <x / scale, d'>``: ``centre(weight * d)``."""
+        return self.centre(direction if self.weight is None else direction * self.weight)
+
+    def offset(self, direction: Tensor) -> Tensor:
+        """``<bias, d>``: what the norm's bias adds to a read (zero without a bias)."""
+        if self.bias is None:
+            return torch.zeros(direction.shape[:-1], dtype=direction.dtype, device=direction.device)
+        return direction @ self.bias
+
+    def recompute_scale(self, x: Tensor) -> Tensor:
+        """The scale the norm would compute for ``x``: ``sqrt(mean(centre(x)^2) + eps)``."""
+        return (self.centre(x.float()).pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
+
+
+def _norm(bridge: Any, path: str) -> _Norm:
+    """The normalization at ``path`` of the bridge (``ln_final``, ``blocks.0.ln1_post``) as a :class:`_Norm`."""
+    module = bridge
+    for part in path.split("."):
+        module = module[int(part)] if part.isdigit() else getattr(module, part)
+    if not hasattr(module, "uses_rms_norm") or not hasattr(module, "hook_scale"):
+        raise NotImplementedError(
+            f"{path} of this bridge is a {type(module).__name__}, not a TransformerLens normalization bridge "
+            f"with a hook_scale: circuit.attribution cannot freeze its scale, so it cannot attribute through it.")
+    component = getattr(module, "original_component", None)
+    weight = None if isinstance(component, torch.nn.Identity) else _parameter(component, "weight")
+    if weight is not None and module.uses_weight_offset:
+        weight = 1.0 + weight
+    bias = None if module.uses_rms_norm else _parameter(component, "bias")
+    eps = getattr(component, "eps", None)
+    if eps is None:
+        eps = getattr(component, "variance_epsilon", None)
+    if eps is None:
+        eps = getattr(bridge.cfg, "eps", 1e-5)
+    return _Norm(path, not module.uses_rms_norm, weight, bias, float(eps))
+
+
+def _check_reproduces(what: str, computed: Tensor, cached: Tensor, fix: str) -> None:
+    """Raise unless ``computed`` (float32) reproduces the model's own cached activation ``cached``.
+
+    The bound is 32 rounding units of the cache's dtype relative to the activation's size: far above the
+    float32 arithmetic of a correct decomposition (~1e-7), far below a dropped weight, norm or bias.
+    """
+    bound = 32 * torch.finfo(cached.dtype).eps * (1.0 + float(cached.abs().max()))
+    error = float((computed.float() - cached.float()).abs().max())
+    if not error <= bound:
+        raise NotImplementedError(
+            f"Direct logit attribution does not reproduce {what}: max abs error {error:.3g} > {bound:.3g} "
+            f"(32 rounding units of {cached.dtype}). The model writes to the residual stream in a way "
+            f"circuit.attribution does not model, so its attributions would not add up. {fix}")
+
+
+def _logits_transform(bridge: Any) -> str | None:
+    """What the model does to the logits after the unembedding (soft-cap, scaling), in words, or None."""
+    from transformer_lens.model_bridge.architecture_adapter import ArchitectureAdapter
+
+    done = []
+    cap = getattr(bridge.cfg, "output_logits_soft_cap", None)
+    if cap is not None and cap > 0:
+        done.append(f"final-logit soft-cap {cap:g} * tanh(logit / {cap:g})")
+    adapter = getattr(bridge, "adapter", None)
+    own = getattr(type(adapter), "apply_output_logits_transform", None)
+    if adapter is not None and own is not None and own is not ArchitectureAdapter.apply_output_logits_transform:
+        done.append(f"the output-logit transform of {type(adapter).__name__}")
+    return " and ".join(done) or None
+
+
 @dataclass(frozen=True, eq=False)
 class ResidualDirections:
     """A metric as linear reads of the residual stream (see the module docstring).
 
     For prompt ``b`` and read ``k``: ``value[b] = sum_k weights[b, k] * <resid[rows[b, k], positions[b, k]]
-    / scale, directions[b, k]> + constant[b]``, where ``directions = W_U[:, correct] - W_U[:, incorrect]``
-    (no token subtracted where ``incorrect == -1``) and ``constant`` collects ``b_U`` the same way.
+    / scale, directions[b, k]> + constant[b]``, where ``directions`` is ``W_U[:, correct] - W_U[:,
+    incorrect]`` (no token subtracted where ``incorrect == -1``) through the final norm's weight and
+    centring, and ``constant`` collects ``b_U`` and the final norm's bias the same way.
 
     Attributes:
         rows: the row of the token batch each read is made on.
@@ -164,8 +293,10 @@ class ResidualDirections:
         incorrect: the token whose logit is subtracted, or -1 for none.
         weights: the weight of each read (0 for padding reads).
         directions: the residual direction of each read.
-        constant: the unembedding bias' share of the value, per prompt.
+        constant: the unembedding bias' (and the final norm bias') share of the value, per prompt.
         kind: what the value is, in words.
+        logits_transform: what the model does to its logits after the unembedding that is not linear
+            (Gemma-2's soft-cap), or None. When set, every value is of the logits *before* it.
     """
 
     rows: Int[Tensor, "batch read"]
@@ -176,6 +307,7 @@ class ResidualDirections:
     directions: Float[Tensor, "batch read d_model"]
     constant: Float[Tensor, " batch"]
     kind: str
+    logits_transform: str | None = None
 
     def read_logits(self, logits: Float[Tensor, "row pos d_vocab"]) -> Float[Tensor, " batch"]:
         """The same reads made on the logits: ``sum_k weights * (logit[correct] - logit[incorrect])``, in float32."""
@@ -213,15 +345,15 @@ def _direction_tensors(
     with torch.no_grad():
         plus = directions(correct)
         minus = directions(incorrect) * (incorrect >= 0)[..., None]
-        b_u = getattr(bridge, "b_U", None)
-        if b_u is None:
-            constant = torch.zeros(correct.shape[0], dtype=plus.dtype, device=plus.device)
-        else:
-            b_u = b_u.float()
+        unembedded = plus - minus  # batch read d_model: the direction of the final norm's output
+        final = _norm(bridge, "ln_final")
+        offset = final.offset(unembedded)  # batch read: the final norm's bias, read
+        b_u = _parameter(bridge, "b_U")
+        if b_u is not None:
             subtracted = b_u[incorrect.clamp(min=0)] * (incorrect >= 0)
-            bias = b_u[correct] - subtracted
-            constant = (bias * weights.to(bias)).sum(-1)
-    return (plus - minus).detach(), constant.detach()
+            offset = offset + b_u[correct] - subtracted
+        constant = (offset * weights.to(offset)).sum(-1)
+    return final.read(unembedded).detach(), constant.detach()
 
 
 def residual_directions(model: Any, metric: AnswerMetric) -> ResidualDirections:
@@ -260,17 +392,47 @@ def residual_directions(model: Any, metric: AnswerMetric) -> ResidualDirections:
     rows, positions = rows.to(device), positions.to(device)
     correct, incorrect, weights = correct.to(device), incorrect.to(device), weights.to(device)
     directions, constant = _direction_tensors(bridge, correct, incorrect, weights)
+    transform = _logits_transform(bridge)
+    if transform is not None:
+        kind += f", of the logits before the model's {transform} (not linear: DLA cannot split it)"
     return ResidualDirections(rows, positions, correct, incorrect, weights.to(directions.dtype), directions,
-                              constant, kind)
+                              constant, kind, transform)
 
 
-def _final_scale(cache: Any, directions: ResidualDirections) -> Float[Tensor, "batch read 1"]:
+def _cached(cache: Any, name: str, why: str) -> Tensor:
     try:
-        scale = cache["ln_final.hook_scale"]
+        return cache[name]
     except KeyError:
-        raise KeyError("The cache has no 'ln_final.hook_scale': DLA needs the final norm's frozen scale. Cache "
-                       "the whole run (bridge.run_with_cache(tokens) without names_filter).") from None
-    return scale[directions.rows, directions.positions]
+        raise KeyError(f"The cache has no {name!r}: DLA needs {why}. Cache the whole run "
+                       f"(bridge.run_with_cache(tokens) without names_filter).") from None
+
+
+def _final_scale(bridge: Any, cache: Any, directions: ResidualDirections) -> Float[Tensor, "batch read 1"]:
+    """The final norm's cached scale at the reads, after checking that the norm is what the reads assume."""
+    rows, positions = directions.rows, directions.positions
+    scale = _cached(cache, "ln_final.hook_scale", "the final norm's frozen scale")[rows, positions]
+    final = _norm(bridge, "ln_final")
+    normalized = final.linear(_cached(cache, "ln_final.hook_in", "the final norm's input")[rows, positions], scale)
+    if final.bias is not None:
+        normalized = normalized + final.bias
+    _check_reproduces("the final norm's output (ln_final.hook_out)", normalized,
+                      _cached(cache, "ln_final.hook_out", "the final norm's output")[rows, positions],
+                      f"Its norm is a {type(bridge.ln_final.original_component).__name__}.")
+    return scale.float()
+
+
+def attribution_target(model: Any, cache_or_tokens: Any, directions: ResidualDirections) -> Float[Tensor, " batch"]:
+    """The value the attributions add up to exactly: the metric's reads on the unembedding's output.
+
+    That is the metric's value on the run's logits (its logit part, for a teacher-forced log-prob
+    difference), except where the model transforms its logits after the unembedding
+    (``directions.logits_transform``, Gemma-2's soft-cap): then it is the metric on the logits before the
+    transform (``unembed.hook_out``), which is what DLA splits.
+    """
+    cache = run_cache(model, cache_or_tokens)
+    _check_shape(cache, directions)
+    with torch.no_grad():
+        return directions.read_logits(_cached(cache, "unembed.hook_out", "the logits before any transform"))
 
 
 def _check_shape(cache: Any, directions: ResidualDirections) -> None:
@@ -287,47 +449,60 @@ class LogitLens:
     """The metric read from the accumulated residual stream after each sub-layer.
 
     Attributes:
-        values: per entry (``0_pre``, ``0_mid``, ..., ``final_post``) and prompt, the value including the
-            unembedding bias' constant.
+        values: per entry (``0_pre``, ``0_mid``, ..., ``final_post``; no ``_mid`` entries for a model with
+            parallel attention and MLP) and prompt, the value including the constant.
         labels: the entries' labels, as ``ActivationCache.accumulated_resid`` gives them.
         ln: ``"frozen"`` (every entry divided by the final residual's scale: linear, entry differences are
-            the DLA of the sub-layers) or ``"recompute"`` (each entry normalized by its own RMS).
+            the DLA of the sub-layers) or ``"recompute"`` (each entry normalized by its own scale).
+        kind: what the values are, in words (:attr:`ResidualDirections.kind`).
     """
 
     values: Float[Tensor, "component batch"]
     labels: tuple[str, ...]
     ln: str
+    kind: str = ""
 
     @property
     def mean(self) -> Float[Tensor, " component"]:
         return self.values.mean(-1)
 
 
+def _parallel(bridge: Any) -> bool:
+    """Whether attention and MLP read the same residual stream (GPT-NeoX): then there is no resid_mid."""
+    return bool(getattr(bridge.cfg, "parallel_attn_mlp", False))
+
+
 def logit_lens(
-    model: Any, cache_or_tokens: Any, directions: ResidualDirections, *, incl_mid: bool = True,
+    model: Any, cache_or_tokens: Any, directions: ResidualDirections, *, incl_mid: bool | None = None,
     ln: str = "frozen",
 ) -> LogitLens:
     """The metric read from the accumulated residual (``accumulated_resid``), final norm applied.
 
     With ``ln="frozen"`` the final residual's cached scale is applied to every entry (the source analysis'
-    choice, ``apply_ln_to_stack(layer=-1)``); with ``"recompute"`` each entry is normalized by its own RMS
-    (``x / sqrt(mean(x^2) + eps)``, what the final norm would do if the model stopped there). The last
-    entry is the metric's value in both.
+    choice, ``apply_ln_to_stack(layer=-1)``); with ``"recompute"`` each entry is normalized by its own
+    scale (``sqrt(mean(centre(x)^2) + eps)``, what the final norm would do if the model stopped there).
+    The last entry is :func:`attribution_target` in both. ``incl_mid`` (default: where the model has a
+    stream between attention and MLP) adds the entries after each attention layer.
     """
     if ln not in ("frozen", "recompute"):
         raise ValueError(f"ln={ln!r}: use 'frozen' (the final residual's cached scale) or 'recompute'.")
     bridge = _bridge(model)
+    if incl_mid is None:
+        incl_mid = not _parallel(bridge)
+    elif incl_mid and _parallel(bridge):
+        raise ValueError("incl_mid=True, but this model computes attention and MLP in parallel from the same "
+                         "residual stream: there is no stream between them (no hook_resid_mid). Use "
+                         "incl_mid=False (or leave it to the default).")
     cache = run_cache(model, cache_or_tokens)
     _check_shape(cache, directions)
     with torch.no_grad():
         stack, labels = cache.accumulated_resid(layer=-1, incl_mid=incl_mid, return_labels=True)
         vectors = directions.gather(stack).float()
-        if ln == "frozen":
-            scale = _final_scale(cache, directions)
-        else:
-            scale = (vectors.pow(2).mean(-1, keepdim=True) + bridge.cfg.eps).sqrt()
+        scale = _final_scale(bridge, cache, directions)
+        if ln == "recompute":
+            scale = _norm(bridge, "ln_final").recompute_scale(vectors)
         values = directions.project(vectors, scale) + directions.constant
-    return LogitLens(values.detach(), tuple(labels), ln)
+    return LogitLens(values.detach(), tuple(labels), ln, directions.kind)
 
 
 @dataclass(frozen=True, eq=False)
@@ -335,14 +510,17 @@ class LayerAttribution:
     """DLA per component of the final residual stream.
 
     Attributes:
-        values: per component (``embed``, ``{l}_attn_out`` (with ``b_O``), ``{l}_mlp_out``) and prompt.
+        values: per component (``embed``, ``pos_embed`` where the model has learned positions,
+            ``{l}_attn_out`` (with its bias), ``{l}_mlp_out``) and prompt.
         labels: the components' labels, as ``ActivationCache.decompose_resid`` gives them.
-        constant: the unembedding bias' share, per prompt.
+        constant: the unembedding bias' (and final norm bias') share, per prompt.
+        kind: what the values are, in words (:attr:`ResidualDirections.kind`).
     """
 
     values: Float[Tensor, "component batch"]
     labels: tuple[str, ...]
     constant: Float[Tensor, " batch"]
+    kind: str = ""
 
     @property
     def mean(self) -> Float[Tensor, " component"]:
@@ -351,7 +529,7 @@ class LayerAttribution:
 
     @property
     def total(self) -> Float[Tensor, " batch"]:
-        """The components plus the constant: the metric's value (with the frozen final scale)."""
+        """The components plus the constant: :func:`attribution_target` (with the frozen final scale)."""
         return self.values.sum(0) + self.constant
 
     def top_k(self, k: int, *, by: TopBy = "abs") -> list[tuple[str, float]]:
@@ -361,20 +539,62 @@ class LayerAttribution:
 
 def layer_attribution(model: Any, cache_or_tokens: Any, directions: ResidualDirections) -> LayerAttribution:
     """DLA of the embeddings, each attention layer and each MLP layer (``decompose_resid``)."""
+    bridge = _bridge(model)
     cache = run_cache(model, cache_or_tokens)
     _check_shape(cache, directions)
     with torch.no_grad():
         stack, labels = cache.decompose_resid(layer=-1, return_labels=True)
-        values = directions.project(directions.gather(stack), _final_scale(cache, directions))
-    return LayerAttribution(values.detach(), tuple(labels), directions.constant)
+        vectors = directions.gather(stack).float()
+        final = _cached(cache, "ln_final.hook_in", "the final residual stream")
+        _check_reproduces("the final residual stream (ln_final.hook_in) as the sum of its components", vectors.sum(0),
+                          final[directions.rows, directions.positions], f"Components: {labels}.")
+        values = directions.project(vectors, _final_scale(bridge, cache, directions))
+    return LayerAttribution(values.detach(), tuple(labels), directions.constant, directions.kind)
+
+
+def _heads_at(
+    bridge: Any, cache: Any, layer: int, rows: Tensor, positions: Tensor
+) -> tuple[Float[Tensor, "head *index d_model"], Float[Tensor, "*index d_model"]]:
+    """What each head of ``layer`` and the layer's bias term write to the residual stream at
+    ``(rows, positions)``, in float32, checked to sum to the layer's cached attention output there.
+
+    A head writes ``z_h @ W_O[h]``; the bias term is ``b_O`` (zero where absent). Where the model normalizes
+    the attention output before adding it (``ln1_post``: Gemma-2, OLMo-2), both go through that norm with
+    its scale frozen, and the norm's bias joins the bias term.
+    """
+    attn = bridge.blocks[layer].attn
+    z = cache["z", layer][rows, positions].float()  # *index head d_head
+    heads = einops.einsum(z, attn.W_O.float(), "... head d_head, head d_head d_model -> head ... d_model")
+    b_o = _parameter(attn, "b_O")
+    bias = torch.zeros(heads.shape[1:], device=heads.device) if b_o is None else b_o.expand(heads.shape[1:])
+    if "ln1_post" in bridge.blocks[layer]._modules:
+        post = _norm(bridge, f"blocks.{layer}.ln1_post")
+        scale = _cached(cache, f"blocks.{layer}.ln1_post.hook_scale", "the post-attention norm's scale")
+        scale = scale[rows, positions]
+        heads, bias = post.linear(heads, scale), post.linear(bias, scale)
+        if post.bias is not None:
+            bias = bias + post.bias
+    _check_reproduces(f"layer {layer}'s attention output (hook_attn_out) as its heads plus bias",
+                      heads.sum(0) + bias, cache["attn_out", layer][rows, positions],
+                      f"Block {layer}'s sub-modules: {list(bridge.blocks[layer]._modules)}.")
+    return heads, bias
 
 
 def head_results(model: Any, cache: Any, layer: int) -> Float[Tensor, "batch pos head d_model"]:
-    """What each head of ``layer`` writes to the residual stream: ``z[..., h, :] @ W_O[h]`` (no ``b_O``)."""
+    """What each head of ``layer`` writes to the residual stream, float32: ``z[..., h, :] @ W_O[h]``.
+
+    Without the bias term (``b_O``); where the model normalizes the attention output before adding it
+    (Gemma-2, OLMo-2), through that norm with its cached scale frozen. With the bias term, the heads sum to
+    the layer's attention output (checked).
+    """
     bridge = _bridge(model)
+    batch, pos = cache["z", layer].shape[:2]
+    device = cache["z", layer].device
+    rows = torch.arange(batch, device=device)[:, None].expand(batch, pos)
+    positions = torch.arange(pos, device=device)[None, :].expand(batch, pos)
     with torch.no_grad():
-        return einops.einsum(cache["z", layer], bridge.blocks[layer].attn.W_O,
-                             "batch pos head d_head, head d_head d_model -> batch pos head d_model").detach()
+        heads, _ = _heads_at(bridge, cache, layer, rows, positions)
+    return einops.rearrange(heads, "head batch pos d_model -> batch pos head d_model").detach()
 
 
 @dataclass(frozen=True, eq=False)
@@ -383,13 +603,16 @@ class HeadAttribution:
 
     Attributes:
         values: per layer, head and prompt.
-        attn_bias: each attention layer's ``b_O`` share, per prompt.
-        rest: embeddings + every MLP + the unembedding bias' constant, per prompt.
+        attn_bias: each attention layer's bias term (``b_O``, through a post-attention norm where the model
+            has one, plus that norm's bias), per prompt; zero for a bias-free model.
+        rest: embeddings + every MLP + the constant, per prompt.
+        kind: what the values are, in words (:attr:`ResidualDirections.kind`).
     """
 
     values: Float[Tensor, "layer head batch"]
     attn_bias: Float[Tensor, "layer batch"]
     rest: Float[Tensor, " batch"]
+    kind: str = ""
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -404,7 +627,7 @@ class HeadAttribution:
 
     @property
     def total(self) -> Float[Tensor, " batch"]:
-        """Heads + ``b_O`` terms + rest: the metric's value (with the frozen final scale)."""
+        """Heads + bias terms + rest: :func:`attribution_target` (with the frozen final scale)."""
         return self.values.sum((0, 1)) + self.attn_bias.sum(0) + self.rest
 
     def top_k(self, k: int, *, by: TopBy = "abs") -> list[tuple[str, float]]:
@@ -413,10 +636,10 @@ class HeadAttribution:
 
 
 def head_attribution(model: Any, cache_or_tokens: Any, directions: ResidualDirections) -> HeadAttribution:
-    """DLA of every head of every layer, ``[layer, head, batch]``, with ``b_O`` and the rest kept apart.
+    """DLA of every head of every layer, ``[layer, head, batch]``, with the bias terms and the rest kept apart.
 
-    Per-head results are computed at the positions read from ``hook_z`` and ``W_O``; ``rest`` is computed
-    from the embedding and MLP outputs, not as a remainder, so that ``total`` is a check.
+    Per-head results are computed at the positions read from ``hook_z`` and ``W_O`` (:func:`head_results`);
+    ``rest`` is computed from the embedding and MLP outputs, not as a remainder, so that ``total`` is a check.
     """
     bridge = _bridge(model)
     cache = run_cache(model, cache_or_tokens)
@@ -424,19 +647,12 @@ def head_attribution(model: Any, cache_or_tokens: Any, directions: ResidualDirec
     _check_shape(cache, directions)
     _refuse_non_finite_run(bridge, cache)
     with torch.no_grad():
-        scale = _final_scale(cache, directions)
+        scale = _final_scale(bridge, cache, directions)
         heads, biases = [], []
         for layer in range(n_layers):
-            z = cache["z", layer][directions.rows, directions.positions].float()  # batch read head d_head
-            result = einops.einsum(z, bridge.blocks[layer].attn.W_O.float(),
-                                   "batch read head d_head, head d_head d_model -> head batch read d_model")
+            result, bias = _heads_at(bridge, cache, layer, directions.rows, directions.positions)
             heads.append(directions.project(result, scale))
-            b_o = getattr(bridge.blocks[layer].attn, "b_O", None)
-            if b_o is None:
-                biases.append(torch.zeros_like(directions.constant))
-            else:
-                bias = b_o.expand(*directions.rows.shape, -1)
-                biases.append(directions.project(bias, scale))
+            biases.append(directions.project(bias, scale))
         others = cache.decompose_resid(layer=-1, mode="mlp")  # embeddings and every MLP
-        rest = directions.project(directions.gather(others), scale).sum(0) + directions.constant
-    return HeadAttribution(torch.stack(heads).detach(), torch.stack(biases).detach(), rest.detach())
+        rest = directions.project(directions.gather(others).float(), scale).sum(0) + directions.constant
+    return HeadAttribution(torch.stack(heads).detach(), torch.stack(biases).detach(), rest.detach(), directions.kind)

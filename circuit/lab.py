@@ -257,6 +257,15 @@ class Lab:
         return self._cached((ps, "layer_attribution"),
                             lambda: layer_attribution(self.model, self.run(ps)[1], self.directions(ps)))
 
+    def attribution_target(self, ps: Any):
+        """Per prompt, what the attributions add up to exactly: the metric on the clean logits, read before
+        any transform the model applies after the unembedding (Gemma-2's soft-cap; see
+        ``circuit.attribution.attribution_target``)."""
+        from circuit.attribution import attribution_target
+
+        return self._cached((ps, "attribution_target"), lambda: attribution_target(
+            self.model, self.run(ps)[1], self.directions(ps)).detach().cpu())
+
     def logit_lens(self, ps: Any):
         from circuit.attribution import logit_lens
 
