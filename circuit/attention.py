@@ -7,7 +7,10 @@ what the source analysis read off its plots:
 - **attention to BOS**: the weight on the first real token. A head that parks its attention there
   (a "resting" head) writes little that depends on the prompt;
 - **entropy** of the distribution, in nats, and *normalized* by ``log(number of visible keys)``: 1 for a
-  uniform pattern (the source's "early heads attend to every token equally"), 0 for one key;
+  uniform pattern (the source's "early heads attend to every token equally"), 0 for one key. The visible
+  keys are those the model did not mask (``hook_attn_scores`` is ``-inf`` or the dtype's minimum there):
+  the causal past from BOS on, and only the last few positions in a sliding-window layer (Gemma-2's local
+  layers), so a head uniform over its window has normalized entropy 1 on every architecture;
 - **attention to the operands**: the weight on the digit tokens of ``a`` and of ``b`` (the first and second
   runs of digit tokens after BOS; the answer's digits, in teacher-forced rows, are not operands).
 
@@ -133,7 +136,8 @@ class AttentionSummary:
         return _top_k(getattr(self, field).mean(-1).flatten(), self.labels, k, by)
 
 
-def _patterns(model: Any, cache: Any, tokens: Tensor, mask: Tensor) -> Float[Tensor, "layer batch head dest src"]:
+def _patterns(model: Any, cache: Any, tokens: Tensor, mask: Tensor) -> tuple[Float[Tensor, "layer batch head dest src"], Any]:
+    """The patterns of every layer (float32), and the cache they come from (``cache``, or a run's)."""
     bridge = _bridge(model)
     if cache is None:
         with torch.no_grad():
@@ -145,7 +149,20 @@ def _patterns(model: Any, cache: Any, tokens: Tensor, mask: Tensor) -> Float[Ten
         raise ValueError(f"The cache's patterns are for {patterns.shape[1]} rows x {patterns.shape[-1]} "
                          f"positions but the tokens are {tuple(tokens.shape)}: pass the tokens the cache was "
                          f"run on.")
-    return patterns
+    return patterns, cache
+
+
+def _visible_keys(cache: Any, n_layers: int, bos: Tensor) -> Int[Tensor, "layer batch head dest"]:
+    """How many keys each query may see: scores the model did not mask (causal, padding, a sliding window)."""
+    try:
+        scores = torch.stack([cache["attn_scores", layer] for layer in range(n_layers)]).detach()
+    except KeyError:
+        raise KeyError("The cache has no attention scores (blocks.{l}.attn.hook_attn_scores): the number of keys "
+                       "a query sees (for the normalized entropy) is read from their mask. Cache the whole run "
+                       "(bridge.run_with_cache(tokens) without names_filter), or pass cache=None.") from None
+    unmasked = scores > torch.finfo(scores.dtype).min / 2  # masked scores are -inf or the dtype's minimum
+    from_bos = torch.arange(scores.shape[-1], device=scores.device)[None, :] >= bos[:, None]  # batch src
+    return (unmasked & from_bos[None, :, None, None, :]).sum(-1)
 
 
 def summarize_attention(
@@ -165,12 +182,12 @@ def summarize_attention(
         raise ValueError(f"query={query!r}: use 'final' (the last position) or 'all' (every position after BOS).")
     ids, mask = _unpack(tokens, attention_mask)
     tokenizer = _tokenizer(model)
-    patterns = _patterns(model, cache, ids, mask)  # layer batch head dest src
+    patterns, cache = _patterns(model, cache, ids, mask)  # layer batch head dest src
     device = patterns.device
     bos = _bos_positions(tokenizer, ids, mask).to(device)
     a, b = operand_positions(tokenizer, ids)
     positions = torch.arange(ids.shape[1], device=device)
-    keys_visible = (positions[None, :] - bos[:, None] + 1).clamp(min=1)  # batch dest
+    keys_visible = _visible_keys(cache, patterns.shape[0], bos)  # layer batch head dest
     weights = torch.zeros(ids.shape, dtype=patterns.dtype, device=device)  # batch dest: query weights
     if query == "final":
         weights[:, -1] = 1.0
@@ -188,7 +205,7 @@ def summarize_attention(
     to_b = (patterns * b.to(device)[None, :, None, None, :]).sum(-1)
     plogp = torch.where(patterns > 0, patterns * patterns.clamp(min=1e-30).log(), torch.zeros_like(patterns))
     entropy = -plogp.sum(-1)
-    log_keys = keys_visible.to(patterns.dtype).log()[None, :, None, :]  # 0 where a query sees one key
+    log_keys = keys_visible.to(patterns.dtype).log()  # 0 where a query sees one key
     normalized = torch.where(log_keys > 0, entropy / log_keys.clamp(min=1e-30), torch.zeros_like(entropy))
     return AttentionSummary(query, over_queries(to_bos), over_queries(to_a), over_queries(to_b),
                             over_queries(entropy), over_queries(normalized))
@@ -219,7 +236,7 @@ def head_patterns(
     parsed = [parse_head(h, bridge.cfg.n_layers, bridge.cfg.n_heads) for h in heads]
     if not parsed:
         raise ValueError("No heads given: pass labels such as ['L0H1', 'L1H3'].")
-    patterns = _patterns(model, cache, ids, mask)
+    patterns, _ = _patterns(model, cache, ids, mask)
     chosen = torch.stack([patterns[layer, :, head] for layer, head in parsed])
     tokenizer = getattr(model, "tokenizer", None)
     if tokenizer is None:

@@ -20,7 +20,7 @@ from circuit.models import load_model
 from circuit.prompts import tokenize_prompts
 from circuit.strategies import prompt_sets
 from circuit.task import Problem
-from fixtures.test_models import QWEN_FOLDER, TEST_MODELS
+from fixtures.test_models import ARCHITECTURES, QWEN_FOLDER
 
 SETTINGS = settings(max_examples=4, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -66,11 +66,11 @@ def built_heads(test_model_folder):
     return model
 
 
-@pytest.mark.parametrize("name", sorted(TEST_MODELS))
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 @SETTINGS
 @given(prompt_set=PROMPTS)
-def test_every_pattern_row_is_a_distribution(test_models, name, prompt_set):
-    model = test_models[name]
+def test_every_pattern_row_is_a_distribution(test_models, arch, prompt_set):
+    model = test_models[ARCHITECTURES[arch]]
     batch = tokenize_prompts(model.tokenizer, [p.prompt for p in prompt_set.clean])
     with torch.no_grad():
         _, cache = model.bridge.run_with_cache(batch.tokens)
@@ -88,6 +88,27 @@ def test_every_pattern_row_is_a_distribution(test_models, name, prompt_set):
         parts = summary.to_bos + summary.to_operand_a + summary.to_operand_b
         assert ((parts >= 0) & (parts <= 1 + 1e-5)).all()
         assert ((summary.normalized_entropy >= -1e-6) & (summary.normalized_entropy <= 1 + 1e-5)).all()
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_entropy_is_normalized_by_the_keys_each_query_sees(test_models, arch):
+    """Causal everywhere; Gemma-2's local layers see only the last ``sliding_window`` positions (here 4)."""
+    model = test_models[ARCHITECTURES[arch]]
+    batch = tokenize_prompts(model.tokenizer, [Problem(1234, 5678).prompt, Problem(8765, 4321).prompt])
+    with torch.no_grad():
+        _, cache = model.bridge.run_with_cache(batch.tokens)
+    summary = summarize_attention(model, batch, cache=cache)  # the final query, which sees the most keys
+    n_keys = batch.tokens.shape[1]
+    window = model.hf_model.config.sliding_window if arch == "gemma2" else None
+    for layer in range(model.bridge.cfg.n_layers):
+        final = cache["pattern", layer][:, :, -1]  # batch head src
+        seen = (final > 0).sum(-1)  # keys with weight: every key a query may see, in float32
+        local = window is not None and model.hf_model.config.layer_types[layer] == "sliding_attention"
+        assert (seen == (window if local else n_keys)).all(), (layer, seen)
+        entropy = -(final * final.clamp(min=1e-30).log()).sum(-1)
+        torch.testing.assert_close(summary.normalized_entropy[layer], (entropy / seen.log()).T, atol=1e-5, rtol=0)
+    if arch == "gemma2":
+        assert window == 4 and "sliding_attention" in model.hf_model.config.layer_types
 
 
 @SETTINGS
@@ -135,8 +156,9 @@ def test_operands_are_the_first_two_digit_runs(qwen_tokenizer):
         operand_positions(qwen_tokenizer, tokenize_prompts(qwen_tokenizer, ["12 x y ="]).tokens)
 
 
-def test_left_padded_prompts_are_summarized_from_their_own_bos(test_models):
-    model = test_models["test-qwen2-2l"]
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_left_padded_prompts_are_summarized_from_their_own_bos(test_models, arch):
+    model = test_models[ARCHITECTURES[arch]]
     batch = tokenize_prompts(model.tokenizer, [Problem(12, 34).prompt, Problem(12345, 678).prompt],
                              padding="left")
     summary = summarize_attention(model, batch, query="all")
