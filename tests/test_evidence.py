@@ -3,7 +3,6 @@
 import json
 import math
 import os
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -186,38 +185,3 @@ def test_concurrent_merges_under_the_lock_lose_no_record(tmp_path):
         p.join(60)
     assert all(p.exitcode == 0 for p in processes)
     assert sorted(load_evidence(path).by_test()) == [f"test_{i}" for i in range(4)]
-
-
-# --- the plugin: evidence written by a run, --update-baseline, --baseline ---------------------------------
-
-ROOT = Path(__file__).resolve().parent.parent
-CLAIM = str(ROOT / "claims" / "test_attribution_completeness.py")
-
-
-def run_claims(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:html", "--basetemp",
-               str(tmp_path / "bt"), "--claims-reports", str(tmp_path / "reports"), "--model", "test-qwen2-2l",
-               CLAIM, *args]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
-
-
-def test_a_run_writes_evidence_and_a_baseline_and_fails_when_a_statistic_moves(tmp_path):
-    baseline = tmp_path / "baseline.json"
-    first = run_claims(tmp_path, "--update-baseline", "--baseline", str(baseline))
-    assert first.returncode == 0, first.stdout[-3000:]
-    written = load_evidence(tmp_path / "reports" / "evidence" / "test-qwen2-2l.json")
-    (claim,) = written.claims
-    assert (claim.claim_id, claim.outcome, claim.holds) == ("attribution-completeness", "passed", True)
-    assert claim.low is not None and claim.high is not None and claim.tolerance == pytest.approx(1e-4)
-    assert written.versions["transformer-lens"] != "not installed"
-    assert load_evidence(baseline).claims == written.claims
-
-    document = json.loads(baseline.read_text())
-    document["claims"][0]["estimate"] += 1.0  # as if the model had changed since the baseline
-    baseline.write_text(json.dumps(document))
-    second = run_claims(tmp_path, "--baseline", str(baseline))
-    assert second.returncode == 1
-    assert "Regression against" in second.stdout and "beyond the spec tolerance 0.0001" in second.stdout
-    (moved,) = load_evidence(tmp_path / "reports" / "evidence" / "test-qwen2-2l.json").claims
-    assert moved.outcome == "failed" and moved.holds and "Regression against" in moved.note

@@ -1,0 +1,138 @@
+"""Bad options fail at session start, before any model loads: one ``ERROR:`` line naming the problem and the
+fix, no traceback, and no earlier file touched.
+
+These run pytest in-process with ``pytester`` (the checks raise ``pytest.UsageError`` in
+``pytest_configure``, so no claim module is imported and no model is loaded: each run takes a fraction of a
+second).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from circuit.evidence import ClaimEvidence, EvidenceFile, write_evidence
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parent.parent
+CLAIM = str(ROOT / "claims" / "test_attribution_completeness.py")
+
+
+@pytest.fixture
+def run(pytester: pytest.Pytester, tmp_path: Path):
+    """Run the claim on the tiny model in-process; restores the hypothesis profile the outer run uses."""
+    from hypothesis import settings
+
+    profile = settings.get_current_profile_name()
+
+    def run(*args: str) -> pytest.RunResult:
+        return pytester.runpytest_inprocess("-p", "no:cacheprovider", "--claims-reports",
+                                            str(tmp_path / "reports"), "--model", "test-qwen2-2l", CLAIM, *args)
+
+    yield run
+    settings.load_profile(profile)
+
+
+def one_error(result: pytest.RunResult, *fragments: str) -> str:
+    """The run's single ``ERROR:`` line, after checking it is a usage error without a traceback."""
+    text = "\n".join(result.outlines + result.errlines)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, text
+    assert "Traceback" not in text and "INTERNALERROR" not in text, text
+    errors = [line for line in result.errlines + result.outlines if line.startswith("ERROR:")]
+    assert len(errors) == 1, text
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def baseline_of(model: str) -> EvidenceFile:
+    record = ClaimEvidence(claim_id="attribution-completeness", test="test_head_attributions_sum_to_the_logit_difference",
+                           statistic="s", estimate=0.0, outcome="passed", tolerance=1e-4)
+    return EvidenceFile(model=model, revision=None, claims=(record,), dtype="float32", device="cpu")
+
+
+try:
+    import torch
+
+    HAS_CUDA, HAS_MPS = torch.cuda.is_available(), torch.backends.mps.is_available()
+except ImportError:  # pragma: no cover
+    HAS_CUDA = HAS_MPS = False
+
+
+@pytest.mark.parametrize(("args", "fragments"), [
+    pytest.param(("--device", "cuda"), ("--device cuda", "no usable cuda device", "Use --device cpu"),
+                 marks=pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA")),
+    pytest.param(("--device", "mps"), ("--device mps", "no usable mps device", "Use --device cpu"),
+                 marks=pytest.mark.skipif(HAS_MPS, reason="this machine has MPS")),
+    (("--device", "nosuchdev"), ("--device nosuchdev is not a torch device", "Use one of cpu, cuda")),
+    (("--device", "cpu:x"), ("--device cpu:x is not a torch device",)),
+    (("--dtype", "garbage"), ("--dtype garbage", "Unknown dtype 'garbage'", "use one of", "float32")),
+    (("--hypothesis-profile", "nosuch"), ("--hypothesis-profile nosuch: no such profile",
+                                          "Known profiles: ci, default, thorough")),
+], ids=["cuda-on-cpu", "mps", "nosuchdev", "bad-index", "dtype", "profile"])
+def test_bad_device_dtype_and_profile_are_one_line_each(run, tmp_path, args, fragments):
+    one_error(run(*args), *fragments)
+    assert not (tmp_path / "reports").exists()  # nothing written
+
+
+def test_an_unwritable_reports_folder_fails_at_the_start_not_after_the_run(run, tmp_path):
+    (tmp_path / "a-file").write_text("not a folder")
+    one_error(run("--claims-reports", str(tmp_path / "a-file" / "reports")),
+              "a-file/reports is not a writable folder", "Pass a writable folder with --claims-reports DIR")
+    assert (tmp_path / "a-file").read_text() == "not a folder"
+
+
+def test_a_spec_with_an_unknown_claim_fails_before_the_model_loads(run, tmp_path):
+    spec = (ROOT / "claims" / "specs" / "test-models.toml").read_text() + "\n[claims.no-such-claim]\ntolerance = 1\n"
+    (tmp_path / "spec.toml").write_text(spec)
+    one_error(run("--claims-spec", str(tmp_path / "spec.toml")), "spec:", "spec.toml", "claims.no-such-claim",
+              "unknown claim id")
+
+
+def test_a_missing_baseline_says_how_to_write_one(run, tmp_path):
+    one_error(run("--baseline", str(tmp_path / "absent.json")), "absent.json does not exist",
+              "Write one with --update-baseline")
+
+
+@pytest.mark.parametrize("update", [False, True], ids=["compare", "update"])
+def test_a_corrupted_baseline_in_a_folder_is_a_clear_error_and_stays(run, tmp_path, update):
+    folder = tmp_path / "baselines"
+    folder.mkdir()
+    (folder / "test-qwen2-2l.json").write_text('{"format": 2, "claims": [')
+    before = snapshot(folder)
+    line = one_error(run("--baseline", str(folder), *(["--update-baseline"] if update else [])),
+                     "test-qwen2-2l.json is not JSON", "damaged", "Restore it from version control")
+    assert line.startswith("ERROR: --update-baseline:" if update else "ERROR: --baseline:")
+    assert snapshot(folder) == before
+
+
+def test_a_corrupted_evidence_file_in_the_reports_folder_is_a_clear_error_and_stays(run, tmp_path):
+    evidence = tmp_path / "reports" / "evidence" / "test-qwen2-2l.json"
+    evidence.parent.mkdir(parents=True)
+    evidence.write_text("[1, 2")
+    one_error(run(), "evidence file:", "test-qwen2-2l.json is not JSON", "another --claims-reports DIR")
+    assert evidence.read_text() == "[1, 2"
+
+
+@pytest.mark.parametrize("renamed", [False, True], ids=["file", "renamed-in-folder"])
+def test_a_baseline_of_another_model_is_refused(run, tmp_path, renamed):
+    path = tmp_path / "baselines" / ("test-qwen2-2l.json" if renamed else "other.json")
+    write_evidence(path, baseline_of("other-model"))
+    before = snapshot(tmp_path / "baselines")
+    one_error(run("--baseline", str(path.parent if renamed else path)),
+              "is the baseline of model 'other-model', not of 'test-qwen2-2l'", "--baseline-missing=warn",
+              "--update-baseline")
+    assert snapshot(tmp_path / "baselines") == before
+
+
+def test_baseline_missing_takes_only_fail_or_warn(run):
+    result = run("--baseline-missing", "maybe")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "invalid choice: 'maybe' (choose from 'fail', 'warn')" in "\n".join(result.errlines)
+
