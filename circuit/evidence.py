@@ -266,24 +266,25 @@ def _file_mode(path: Path) -> int:
 
 @contextlib.contextmanager
 def locked(path: str | Path) -> Iterator[None]:
-    """Hold an advisory lock (``fcntl.flock`` on ``.<name>.lock`` beside ``path``) while reading, merging and writing ``path``.
+    """Hold an advisory lock (``fcntl.flock`` on the folder of ``path``) while reading, merging and writing it.
 
-    Two runs that update the same file then take turns instead of each writing what it read before the
-    other wrote. Without ``fcntl`` (Windows) this only serializes nothing: writes stay atomic.
+    Two runs that update files in the same folder then take turns instead of each writing what it read
+    before the other wrote. The folder itself is locked, so no lock file is left behind. Without ``fcntl``
+    (Windows) nothing is serialized; writes stay atomic.
     """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not on POSIX
         yield
         return
-    lock = Path(path).with_name(f".{Path(path).name}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
+    folder = Path(path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = os.open(folder, os.O_RDONLY)
+    try:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
+    finally:
+        os.close(handle)  # closing releases the lock
 
 
 def write_evidence(path: str | Path, evidence: EvidenceFile) -> Path:
@@ -360,8 +361,10 @@ class BaselineUpdate:
     def describe(self, path: str | Path) -> str:
         text = f"{path}: {len(self.updated)} updated, {len(self.kept)} kept"
         if self.refused:
-            text += f", {len(self.refused)} not updated (" + "; ".join(
-                f"{test}: {why}" for test, why in self.refused.items()) + ")"
+            skipped = [t for t, why in self.refused.items() if why.startswith("skipped")]
+            reasons = [f"{len(skipped)} skipped"] if skipped else []
+            reasons += [f"{test}: {why}" for test, why in self.refused.items() if test not in skipped]
+            text += f", {len(self.refused)} not updated ({'; '.join(reasons)})"
         return text
 
 
@@ -400,7 +403,8 @@ class Regression:
                 f"report and rewrite the baseline with --update-baseline.")
 
 
-def compare_with_baseline(current: ClaimEvidence, baseline: EvidenceFile | Iterable[ClaimEvidence]) -> Regression | None:
+def compare_with_baseline(current: ClaimEvidence,
+                          baseline: EvidenceFile | Iterable[ClaimEvidence]) -> Regression | None:
     """The regression of ``current`` against the baseline's record of the same test, or None.
 
     A test the baseline does not have, or a record without a tolerance, is no regression.

@@ -122,7 +122,7 @@ def test_a_full_run_writes_evidence_report_and_a_baseline_that_belongs_to_its_mo
     assert (baseline["dtype"], baseline["device"], len(baseline["spec_sha256"])) == ("float32", "cpu", 64)
     assert {"torch", "transformers", "transformer-lens", "hypothesis"} <= set(baseline["library_versions"])
     assert (folder / "reports" / "claims.html").exists() and not (folder / "reports" / "claims-partial.html").exists()
-    assert "baseline updated: " in result.stdout and "3 updated, 0 kept, 12 not updated" in result.stdout
+    assert "baseline updated: " in result.stdout and "3 updated, 0 kept, 12 not updated (12 skipped)" in result.stdout
     assert not [p for p in folder.rglob("*.tmp")]
 
 
@@ -304,3 +304,6 @@ def test_xdist_workers_send_every_record_to_the_controller(pytester, monkeypatch
     assert {c.test for c in evidence.claims} == STATED and {c.outcome for c in evidence.claims} == {"passed"}
     assert {c.test for c in load_evidence(pytester.path / BASELINE).claims} == STATED
     assert not list(pytester.path.rglob("*.tmp"))
+    report = (pytester.path / "reports" / "claims-partial.html").read_text()
+    assert "data:image/png;base64," in report  # the workers rendered the figures
+    assert "partial run: 3 of 15 claim tests" in report

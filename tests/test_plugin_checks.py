@@ -52,8 +52,8 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 def baseline_of(model: str) -> EvidenceFile:
-    record = ClaimEvidence(claim_id="attribution-completeness", test="test_head_attributions_sum_to_the_logit_difference",
-                           statistic="s", estimate=0.0, outcome="passed", tolerance=1e-4)
+    record = ClaimEvidence(claim_id="attribution-completeness", statistic="s", estimate=0.0, outcome="passed",
+                           test="test_head_attributions_sum_to_the_logit_difference", tolerance=1e-4)
     return EvidenceFile(model=model, revision=None, claims=(record,), dtype="float32", device="cpu")
 
 
