@@ -186,11 +186,12 @@ class ClaimSpec:
 class HfEquivalenceClaim(ClaimSpec):
     """Claim 1: the TransformerLens bridge computes the same probabilities as the HF model."""
 
-    atol: PerDtype = PerDtype(float32=1e-5, bfloat16=0.3, float16=0.08)
+    atol: PerDtype = PerDtype(float32=1e-5, bfloat16=0.5, float16=0.08)
     """Largest |softmax(bridge) - softmax(HF)| allowed, per dtype. In low precision the two round
-    differently (the bridge folds norms and centres the unembedding); on the default model, 300 random
-    prompts gave at most 8.6e-6 (float32), 0.17 (bfloat16: HF itself is 0.14 off its float32 copy) and
-    0.041 (float16), so the defaults sit about 2x above."""
+    differently (the bridge folds norms and centres the unembedding). On the default model, 800 random
+    prompt sets and texts gave at most 8.6e-6 (float32), 0.29 (bfloat16) and 0.039 (float16); HF itself
+    in bfloat16 is up to 0.31 off its float32 copy, so in bfloat16 this claim only catches gross errors
+    (on that model, a layer-0 MLP scaled by 1.1 gives 0.46, a layer-2 MLP scaled by 1.5 only 0.17)."""
 
 
 @dataclass(frozen=True)

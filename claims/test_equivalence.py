@@ -4,7 +4,9 @@ Everything the other claims read (hooks, caches, folded weights) comes from the 
 this claim checks that the bridge's next-token probabilities equal those of a separate HF copy of the
 model, on multiplication prompts and on arbitrary text. The statistic is the largest absolute
 difference of probabilities over every position and token of the prompts: a maximum, not a mean, so it
-has no interval; the bound comes from the spec, per dtype.
+has no interval; the bound comes from the spec, per dtype. In bfloat16 the HF model's own rounding moves
+probabilities by tenths on a small model, so the bound is that wide and the claim catches only gross
+errors there; the evidence names the dtype and its bound.
 """
 
 import pytest
