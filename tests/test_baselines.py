@@ -286,6 +286,20 @@ def test_a_nan_statistic_never_reaches_the_baseline(files, pytester, claims_run,
     assert snapshot(files)[str(BASELINE)] == before[str(BASELINE)]
 
 
+def test_a_write_that_fails_at_the_end_is_one_line_and_loses_nothing(files, pytester, claims_run, monkeypatch):
+    def disk_full(path, evidence):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("circuit.evidence.write_evidence", disk_full)
+    before = snapshot(files)
+    result = claims_run(EQUIVALENCE, "--update-baseline")
+    assert result.ret == 1
+    result.assert_outcomes(passed=2)
+    assert result.stdout.str().count("claims: could not write (OSError: [Errno 28] No space left on device); the "
+                                     "previous file is intact.") == 2  # the evidence and the baseline
+    assert {k: v for k, v in snapshot(files).items() if k != "reports/claims-partial.html"} == before
+
+
 def test_collect_only_writes_nothing(files, pytester, claims_run):
     before = snapshot(files)
     result = claims_run(str(CLAIMS), "--co", "--update-baseline")

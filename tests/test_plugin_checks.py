@@ -136,3 +136,36 @@ def test_baseline_missing_takes_only_fail_or_warn(run):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "invalid choice: 'maybe' (choose from 'fail', 'warn')" in "\n".join(result.errlines)
 
+
+
+class SettingsProbe:
+    """Reads (never writes) the settings hypothesis will run each collected claim test with."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, tuple] = {}
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        for item in session.items:
+            test = item.obj
+            self.seen[item.originalname] = (test._hypothesis_internal_use_settings.phases,
+                                            getattr(test, "_hypothesis_internal_use_seed", None))
+
+
+def test_claims_run_unshrunk_with_one_seed_under_the_ci_profile(pytester, tmp_path):
+    """The plugin sets this with hypothesis' public ``@settings``/``@seed``: no shrink or explain phase (each
+    shrink step runs the model), and seed 0 for every claim (all claims draw the same prompt sets)."""
+    from hypothesis import Phase, settings
+
+    profile = settings.get_current_profile_name()
+    probe = SettingsProbe()
+    try:
+        result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "--co", "--claims-reports",
+                                              str(tmp_path / "reports"), "--model", "test-qwen2-2l", CLAIM,
+                                              "--hypothesis-profile", "ci", plugins=[probe])
+    finally:
+        settings.load_profile(profile)
+    assert result.ret == 0
+    phases, seed = probe.seen["test_head_attributions_sum_to_the_logit_difference"]
+    assert Phase.generate in phases and Phase.shrink not in phases and Phase.explain not in phases
+    assert seed == 0
+    assert not (tmp_path / "reports").exists()  # --co writes nothing
