@@ -95,6 +95,15 @@ def test_a_spec_with_an_unknown_claim_fails_before_the_model_loads(run, tmp_path
               "unknown claim id")
 
 
+def test_a_spec_that_is_a_folder_is_one_line_too(run, tmp_path):
+    one_error(run("--claims-spec", str(tmp_path)), "spec:", "cannot be read (IsADirectoryError",
+              "Pass a spec file (TOML) to --claims-spec")
+
+
+def test_an_empty_model_name_is_refused(run):
+    one_error(run("--model", ""), "--model is empty", "pass a hub id, a local folder")
+
+
 def test_a_missing_baseline_says_how_to_write_one(run, tmp_path):
     one_error(run("--baseline", str(tmp_path / "absent.json")), "absent.json does not exist",
               "Write one with --update-baseline")
