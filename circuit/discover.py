@@ -154,6 +154,8 @@ def discover(model: Any, options: DiscoveryOptions, *, match: Sequence[str]) -> 
     separations = [lab.task_separation(ps) for ps in sets]
     if not all(bool(s.excludes(0)) for s in separations):
         notes["task-solved"] = f"not stated: clean - corrupted = {[str(s) for s in separations]}"
+        for claim_id in ("final-token-localization", "mlp-over-attention", "named-heads", "value-plus-pattern"):
+            notes[claim_id] = "not stated: not measured, the task is not solved (see task-solved)"
         return Draft(_with(base, claims), notes)
     claims["task-solved"] = TaskSolvedClaim(tolerance=_ceil(width_of(separations), g))
 
