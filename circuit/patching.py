@@ -15,7 +15,20 @@ first changed one (attention is causal), computes the last layer and the unembed
 positions and tokens the metric reads, and runs many cells through one batched forward. See
 :mod:`circuit._forward` for how.
 
-Sites (``SITES``), all on a ``TransformerBridge`` in compatibility mode:
+Three exact paths compute the same numbers; :attr:`PatchResult.method` says which one ran:
+
+* ``"activation"``: the fast engine, where the bridge's block arithmetic is implemented (chosen from its
+  features, :mod:`circuit._forward.arithmetic`: RMSNorm or LayerNorm, folded or not, pre- and post-norms,
+  rotary (full or partial) or learned positions, q/k norms, biases or none, gated or plain MLPs, soft-capping,
+  sliding windows, parallel attention and MLP) *and* the arithmetic reproduces the bridge's own forward on
+  the sweep's corrupted run (a self-check, every sweep, with a per-dtype tolerance);
+* ``"hooks"``: the generic path for every other model TransformerLens can boot: the corrupted batch is
+  repeated once per cell of a chunk and one hook per layer patches each cell's own rows (compatibility-mode
+  hook names only; chunk size from a memory bound);
+* ``"reference"``: :func:`reference_activation_patch`, one ``run_with_hooks`` per cell, the definition the
+  other two are tested against.
+
+Sites (``SITES``, one :class:`Site` record each), all on a ``TransformerBridge`` in compatibility mode:
 
 =========== ======================================================================== ====================
 site        patched activation                                                       cells
@@ -41,6 +54,7 @@ early residual positions; Kramár et al. 2024, "AtP*"). Confirm what it finds wi
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -57,37 +71,97 @@ __all__ = [
     "TRANSFORMER_LENS_SWEEPS",
     "NotSignificantError",
     "PatchResult",
+    "Site",
     "activation_patch",
     "attribution_patch",
     "reference_activation_patch",
 ]
 
-SITES: dict[str, tuple[str, str]] = {
-    "resid_pre": ("layer", "pos"),
-    "attn_out": ("layer", "pos"),
-    "mlp_out": ("layer", "pos"),
-    "z": ("layer", "head"),
-    "pattern": ("layer", "head"),
-    "v": ("layer", "head"),
-    "v_kv": ("layer", "kv_head"),
-}
-"""Every site, with the names of its cell axes."""
+Metric = Callable[[Tensor], Tensor]
+Cache = fwd.RunCache
 
-TRANSFORMER_LENS_SWEEPS: dict[str, str] = {
-    "resid_pre": "get_act_patch_resid_pre",
-    "attn_out": "get_act_patch_attn_out",
-    "mlp_out": "get_act_patch_mlp_out",
-    "z": "get_act_patch_attn_head_out_all_pos",
-    "pattern": "get_act_patch_attn_head_pattern_all_pos",
-    "v_kv": "get_act_patch_attn_head_v_all_pos",
+
+def _heads_from(pattern: Tensor, v: Tensor) -> Tensor:
+    """``z [batch pos head d_head]`` of ``pattern [batch head q k]`` over grouped values ``v [batch k kv d_head]``."""
+    return fwd.mix_values(pattern, v, v.shape[2])
+
+
+@dataclass(frozen=True)
+class Site:
+    """One kind of cell: which activation a patch writes, along which axis, from which clean values.
+
+    Attributes:
+        name: the site's name.
+        axes: the names of the cell axes, ``("layer", <index axis>)``.
+        hook: the compatibility-mode hook (under ``blocks.{layer}.``) whose activation the patch writes.
+        cell_dim: the dimension of that activation that the index axis selects.
+        query_dim: the dimension of positions whose values a patch can change (queries for a pattern).
+        patched_all: the activation with *every* cell of the layer patched, from the clean and corrupted
+            caches and the query heads per key/value head: a cell's patch takes its slice of it.
+        transformer_lens: the ``transformer_lens.patching`` sweep of the same cells, if TL has one.
+    """
+
+    name: str
+    axes: tuple[str, str]
+    hook: str
+    cell_dim: int
+    query_dim: int
+    patched_all: Callable[[int, Cache, Cache], Tensor]
+    transformer_lens: str | None
+
+    def corrupted(self, layer: int, corr: Cache) -> Tensor:
+        """The corrupted run's activation at ``hook`` of ``layer``."""
+        return _ACTIVATION[self.hook](corr)[layer]
+
+    def target(self, layer: int, index: int, clean: Cache, corr: Cache) -> Tensor:
+        """The activation at ``hook`` of ``layer`` when cell ``(layer, index)`` is patched."""
+        act = self.corrupted(layer, corr).clone()
+        act.select(self.cell_dim, index).copy_(self.patched_all(layer, clean, corr).select(self.cell_dim, index))
+        return act
+
+    def n_index(self, corr: Cache) -> int:
+        """The length of the index axis (positions, query heads or key/value heads)."""
+        return self.corrupted(0, corr).shape[self.cell_dim]
+
+
+_ACTIVATION: dict[str, Callable[[Cache], list[Tensor]]] = {
+    "hook_resid_pre": lambda c: c.resid_pre,
+    "hook_attn_out": lambda c: c.attn_out,
+    "hook_mlp_out": lambda c: c.mlp_out,
+    "attn.hook_z": lambda c: c.z,
+    "attn.hook_pattern": lambda c: c.pattern,
+    "attn.hook_v": lambda c: c.v,
 }
+
+SITES: dict[str, Site] = {
+    site.name: site
+    for site in (
+        Site("resid_pre", ("layer", "pos"), "hook_resid_pre", 1, 1, lambda l, c, _: c.resid_pre[l],
+             "get_act_patch_resid_pre"),
+        Site("attn_out", ("layer", "pos"), "hook_attn_out", 1, 1, lambda l, c, _: c.attn_out[l],
+             "get_act_patch_attn_out"),
+        Site("mlp_out", ("layer", "pos"), "hook_mlp_out", 1, 1, lambda l, c, _: c.mlp_out[l],
+             "get_act_patch_mlp_out"),
+        Site("z", ("layer", "head"), "attn.hook_z", 2, 1, lambda l, c, _: c.z[l],
+             "get_act_patch_attn_head_out_all_pos"),
+        Site("pattern", ("layer", "head"), "attn.hook_pattern", 1, 2, lambda l, c, _: c.pattern[l],
+             "get_act_patch_attn_head_pattern_all_pos"),
+        Site("v", ("layer", "head"), "attn.hook_z", 2, 1, lambda l, c, r: _heads_from(r.pattern[l], c.v[l]), None),
+        Site("v_kv", ("layer", "kv_head"), "attn.hook_v", 2, 1, lambda l, c, _: c.v[l],
+             "get_act_patch_attn_head_v_all_pos"),
+    )
+}
+"""Every site by name (module docstring). Adding a site is one entry: the engine, the hook sweep, the naive
+loop and attribution patching all work from the record."""
+
+TRANSFORMER_LENS_SWEEPS: dict[str, str] = {n: s.transformer_lens for n, s in SITES.items() if s.transformer_lens}
 """The ``transformer_lens.patching`` sweep that computes each site (``v``, per query head, has none: TL's
 value sweep patches key/value heads, which is ``v_kv``)."""
 
-POSITION_SITES = ("resid_pre", "attn_out", "mlp_out")
-HEAD_SITES = ("z", "pattern", "v", "v_kv")
-
-Metric = Callable[[Tensor], Tensor]
+CHECK_TOLERANCE: dict[torch.dtype, float] = {torch.float64: 1e-6, torch.float32: 1e-4, torch.float16: 1e-2,
+                                             torch.bfloat16: 4e-2}
+"""Per dtype: the relative error up to which the engine's arithmetic counts as the bridge's forward, and
+(x10) up to which a structured metric's declared reads reproduce its value."""
 
 
 class NotSignificantError(ValueError):
@@ -101,11 +175,12 @@ class PatchResult:
     Attributes:
         site: the patched site (one of ``SITES``).
         axes: the names of the cell axes, e.g. ``("layer", "pos")``.
-        per_prompt: the raw metric of each patched run, ``[*cells, batch]``.
+        per_prompt: the raw metric of each patched run, ``[*cells, batch]`` (float32).
         clean: the metric of the clean run, ``[batch]``.
         corrupted: the metric of the corrupted run, ``[batch]``.
-        method: ``"activation"`` (exact), ``"attribution"`` (linear approximation) or ``"reference"``
-            (one ``run_with_hooks`` per cell).
+        method: ``"activation"`` (the fast engine), ``"hooks"`` (the generic batched hook sweep),
+            ``"reference"`` (one ``run_with_hooks`` per cell), all exact, or ``"attribution"`` (linear
+            approximation).
     """
 
     site: str
@@ -164,33 +239,61 @@ def _check_inputs(model: Any, clean_tokens: Tensor, corrupted_tokens: Tensor, si
             f"shape: patching compares activations position by position, so both batches need the same prompts "
             f"count and token length. Use circuit.prompts.corrupt_same_length() to build corrupted prompts."
         )
-    fwd.check_supported(model)
-    device = model.W_E.device
+    if not all(hasattr(model, a) for a in ("cfg", "blocks", "run_with_hooks", "run_with_cache")):
+        raise ValueError(
+            f"{type(model).__name__} is not a TransformerBridge: pass the `.bridge` of "
+            f"circuit.models.load_model(...) (a TransformerBridge after enable_compatibility_mode())."
+        )
+    device = next(model.parameters()).device
     return clean_tokens.to(device).long(), corrupted_tokens.to(device).long()
 
 
-def _check_metric_output(value: Tensor, what: str) -> Tensor:
+def _check_metric_output(value: Tensor, what: str, n_values: int | None = None) -> Tensor:
     value = torch.as_tensor(value)
     if value.ndim != 1:
         raise ValueError(f"The metric must return one value per prompt (a 1-D tensor [batch]); on the {what} run "
                          f"it returned shape {tuple(value.shape)}. Return e.g. logit_diff per prompt, not its mean.")
+    if n_values is not None and value.shape[0] != n_values:
+        raise ValueError(f"The metric returned {value.shape[0]} values on the {what} run, but {n_values} on the "
+                         f"corrupted run: it must return one value per prompt, always the same number.")
     return value.detach().float()
 
 
-def _n_cells(site: str, w: fwd.Weights, n_pos: int) -> tuple[int, int]:
-    second = {"pos": n_pos, "head": w.n_heads, "kv_head": w.n_kv_heads}[SITES[site][1]]
-    return w.n_layers, second
+def _baselines(model: Any, metric: Metric, clean: Cache, corr: Cache) -> tuple[Tensor, Tensor]:
+    corr_metric = _check_metric_output(metric(corr.logits), "corrupted")
+    rows = corr.logits.shape[0]
+    if rows % corr_metric.shape[0]:
+        raise ValueError(f"The metric returns {corr_metric.shape[0]} values for {rows} token rows: each value must "
+                         f"read a whole number of rows (one value per prompt, or per group of rows).")
+    clean_metric = _check_metric_output(metric(clean.logits), "clean", corr_metric.shape[0])
+    for name, value in (("clean", clean_metric), ("corrupted", corr_metric)):
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"The metric is not finite on the {name} run ({value.tolist()}): check the model's "
+                             f"weights and dtype (float16 overflows easily; try bfloat16 or float32).")
+    return clean_metric, corr_metric
+
+
+def _caches(model: Any, clean_tokens: Tensor, corrupted_tokens: Tensor, arith: Any = None) -> tuple[Cache, Cache]:
+    return (fwd.run_cache(model, arith, clean_tokens), fwd.run_cache(model, arith, corrupted_tokens))
+
+
+def _shape(site: Site, corr: Cache) -> tuple[int, int]:
+    return len(corr.resid_pre), site.n_index(corr)
+
+
+def _dtype(model: Any) -> torch.dtype:
+    return next(model.parameters()).dtype
 
 
 class _Reader:
     """Turns final residuals into metric values, computing only the logits the metric reads."""
 
-    def __init__(self, metric: Metric, w: fwd.Weights, n_pos: int):
-        self.metric, self.w = metric, w
+    def __init__(self, metric: Metric, arith: fwd.BlockArithmetic):
+        self.metric, self.arith = metric, arith
         positions = getattr(metric, "positions", None)
         self.structured = positions is not None and hasattr(metric, "score") and hasattr(metric, "vocab")
         if self.structured:
-            device = w.W_U.device
+            device = arith.W_U.device  # type: ignore[attr-defined]
             positions = torch.as_tensor(positions).to(device).long()
             self.read = torch.unique(positions)
             self.index = torch.searchsorted(self.read, positions)
@@ -201,14 +304,14 @@ class _Reader:
             self.read, self.vocab = None, None
 
     def __call__(self, final: Float[Tensor, "row read d_model"]) -> Float[Tensor, " batch"]:
-        logits = fwd.unembed(self.w, final, self.vocab)
+        logits = self.arith.unembed(final, self.vocab)
         if self.structured:
             return self.metric.score(logits[self.rows, self.index])  # type: ignore[attr-defined]
         return self.metric(logits)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Patched states, per site
+# The fast engine's patched states
 
 
 @dataclass(frozen=True)
@@ -220,75 +323,93 @@ class _Plan:
     build: Callable[[], Tensor]
 
 
-def _head_z(site: str, layer: int, index: int, w: fwd.Weights, clean: fwd.RunCache, corr: fwd.RunCache) -> Tensor:
-    """The corrupted run's ``hook_z`` at ``layer`` with the cell's head(s) patched."""
-    z = corr.z[layer].clone()
-    if site == "z":
-        z[:, :, index] = clean.z[layer][:, :, index]
-    elif site == "pattern":
-        g = index // w.group
-        z[:, :, index] = torch.einsum("bqk,bke->bqe", clean.pattern[layer][:, index], corr.v[layer][:, :, g])
-    elif site == "v":
-        g = index // w.group
-        z[:, :, index] = torch.einsum("bqk,bke->bqe", corr.pattern[layer][:, index], clean.v[layer][:, :, g])
-    elif site == "v_kv":
-        for h in range(index * w.group, (index + 1) * w.group):
-            z[:, :, h] = torch.einsum("bqk,bke->bqe", corr.pattern[layer][:, h], clean.v[layer][:, :, index])
-    return z
+def _first_changed(site: Site, target: Tensor, corrupted: Tensor) -> int | None:
+    """The first position whose activation the patch changes (``None``: it changes nothing)."""
+    changed = target != corrupted
+    dims = [d for d in range(changed.ndim) if d != site.query_dim]
+    positions = changed.permute(site.query_dim, *dims).flatten(1).any(-1).nonzero()
+    return int(positions[0]) if len(positions) else None
 
 
-def _plans(site: str, w: fwd.Weights, clean: fwd.RunCache, corr: fwd.RunCache, skip: bool) -> Iterator[_Plan | int]:
-    """One plan per cell; with ``skip``, the index of a cell whose patch changes nothing instead of its plan."""
-    n_layers = w.n_layers
-    n_pos = clean.resid_final.shape[1]
-    if site in POSITION_SITES:
-        cached = {"resid_pre": clean.resid_pre, "attn_out": clean.attn_out, "mlp_out": clean.mlp_out}[site]
-        own = {"resid_pre": corr.resid_pre, "attn_out": corr.attn_out, "mlp_out": corr.mlp_out}[site]
-        for layer in range(n_layers):
-            for pos in range(n_pos):
-                cell = layer * n_pos + pos
-                if skip and torch.equal(cached[layer][:, pos], own[layer][:, pos]):
-                    yield cell
-                    continue
-                if site == "resid_pre":
-                    base, new, at, stage = corr.resid_pre[layer], clean.resid_pre[layer][:, pos], layer, "pre"
-                elif site == "attn_out":
-                    base, at, stage = corr.resid_mid[layer], layer, "mid"
-                    new = corr.resid_pre[layer][:, pos] + clean.attn_out[layer][:, pos]
-                else:
-                    base = corr.resid_pre[layer + 1] if layer + 1 < n_layers else corr.resid_final
-                    new, at, stage = corr.resid_mid[layer][:, pos] + clean.mlp_out[layer][:, pos], layer + 1, "pre"
-
-                def build(base: Tensor = base, new: Tensor = new, pos: int = pos) -> Tensor:
-                    resid = base[:, pos:].clone()
-                    resid[:, 0] = new
-                    return resid
-
-                yield _Plan(cell, at, stage, pos, build)
+def _start(arith: fwd.BlockArithmetic, site: Site, layer: int, target: Tensor, first: int, corr: Cache
+           ) -> tuple[int, str, Tensor]:
+    """Where a patched activation joins the forward: ``(layer, stage, residual at positions >= first)``."""
+    if site.hook == "hook_resid_pre":
+        return layer, "pre", target[:, first:]
+    if site.hook == "hook_mlp_out":
+        return layer + 1, "pre", corr.resid_mid[layer][:, first:] + target[:, first:]
+    if site.hook == "hook_attn_out":
+        attn = target[:, first:]
     else:
-        n_index = w.n_kv_heads if site == "v_kv" else w.n_heads
-        for layer in range(n_layers):
-            for index in range(n_index):
-                cell = layer * n_index + index
-                z = _head_z(site, layer, index, w, clean, corr)
-                changed = (z != corr.z[layer]).flatten(2).any(-1).any(0).nonzero()
-                if len(changed) == 0 and skip:
-                    yield cell
-                    continue
-                first = int(changed[0]) if len(changed) else 0
-
-                def build(layer: int = layer, index: int = index, first: int = first) -> Tensor:
-                    z = _head_z(site, layer, index, w, clean, corr)[:, first:]
-                    return corr.resid_pre[layer][:, first:] + fwd.attn_output(w, layer, z)
-
-                yield _Plan(cell, layer, "mid", first, build)
+        if site.hook == "attn.hook_z":
+            z = target[:, first:]
+        elif site.hook == "attn.hook_pattern":
+            z = _heads_from(target, corr.v[layer])[:, first:]
+        else:  # attn.hook_v
+            z = _heads_from(corr.pattern[layer], target)[:, first:]
+        attn = arith.attn_out(layer, z)
+    resid = corr.resid_pre[layer][:, first:] + attn
+    if arith.parallel:
+        return layer + 1, "pre", resid + corr.mlp_out[layer][:, first:]
+    return layer, "mid", resid
 
 
-def _cell_bytes(w: fwd.Weights, batch: int, n_pos: int) -> int:
+def _plans(site: Site, arith: fwd.BlockArithmetic, clean: Cache, corr: Cache, skip: bool) -> Iterator[_Plan | int]:
+    """One plan per cell; with ``skip``, the index of a cell whose patch changes nothing instead of its plan."""
+    n_layers, n_index = _shape(site, corr)
+    by_position = site.axes[1] == "pos"
+    for layer in range(n_layers):
+        corrupted = site.corrupted(layer, corr)
+        for index in range(n_index):
+            cell = layer * n_index + index
+            target = site.target(layer, index, clean, corr)
+            first = _first_changed(site, target, corrupted)
+            if first is None and skip:
+                yield cell
+                continue
+            first = index if by_position else (first or 0)
+            joins, stage = _join_point(arith, site, layer)
+
+            def build(layer: int = layer, index: int = index, first: int = first) -> Tensor:
+                return _start(arith, site, layer, site.target(layer, index, clean, corr), first, corr)[2]
+
+            yield _Plan(cell, joins, stage, first, build)
+
+
+def _join_point(arith: fwd.BlockArithmetic, site: Site, layer: int) -> tuple[int, str]:
+    if site.hook == "hook_resid_pre":
+        return layer, "pre"
+    if site.hook == "hook_mlp_out" or arith.parallel:
+        return layer + 1, "pre"
+    return layer, "mid"
+
+
+def _cell_bytes(model: Any, batch: int, n_pos: int, logits: bool) -> int:
     """A rough upper bound of the memory one cell takes in a batched patched run."""
-    d_model = w.W_O.shape[-1]
-    per_token = 3 * w.d_mlp + 6 * d_model + 3 * (w.n_heads + 2 * w.n_kv_heads) * w.d_head + 2 * w.n_heads * n_pos
+    cfg = model.cfg
+    d_model, n_heads = cfg.d_model, cfg.n_heads
+    d_mlp = getattr(cfg, "d_mlp", None) or 4 * d_model
+    per_token = 3 * d_mlp + 8 * d_model + 2 * n_heads * n_pos
+    if logits:
+        per_token += cfg.d_vocab
     return 4 * batch * n_pos * per_token
+
+
+def _fast_arithmetic(model: Any, clean_tokens: Tensor, corrupted_tokens: Tensor
+                     ) -> tuple[fwd.BlockArithmetic | None, Cache, Cache, str]:
+    """The fast engine's arithmetic and caches, or ``None`` (and why) where the generic path must run."""
+    try:
+        arith = fwd.arithmetic_of(model)
+    except fwd.UnsupportedArchitecture as error:
+        clean, corr = _caches(model, clean_tokens, corrupted_tokens)
+        return None, clean, corr, f"the fast engine does not implement {error}"
+    clean, corr = _caches(model, clean_tokens, corrupted_tokens, arith)
+    error = fwd.self_check(arith, corr)
+    tolerance = CHECK_TOLERANCE.get(_dtype(model), 1e-4)
+    if not error <= tolerance:
+        return None, clean, corr, (f"the fast engine's arithmetic does not reproduce this model's forward (relative "
+                                   f"error {error:.2g} > {tolerance:g} for {_dtype(model)})")
+    return arith, clean, corr, ""
 
 
 def activation_patch(
@@ -302,6 +423,7 @@ def activation_patch(
     max_memory_mb: float = 1024.0,
     progress: bool = False,
     skip_unchanged: bool = True,
+    method: str = "auto",
 ) -> PatchResult:
     """Patch every cell of ``site`` from the clean run into the corrupted run; return the metric per cell.
 
@@ -309,52 +431,74 @@ def activation_patch(
     ``get_act_patch_*`` where it has the sweep), computed with far less work (module docstring).
 
     Args:
-        model: a ``TransformerBridge`` in compatibility mode (``load_model(...).bridge``), Qwen2-style.
+        model: a ``TransformerBridge`` in compatibility mode (``load_model(...).bridge``), any architecture.
         clean_tokens: the clean prompts' tokens.
         corrupted_tokens: the corrupted prompts' tokens, same shape.
         metric: ``logits [batch, pos, d_vocab] -> [batch]`` (one value per prompt). A plain function works;
             an :class:`circuit.metrics.AnswerMetric` (declaring ``positions``, ``vocab`` and ``score``) lets the
-            engine compute only the logits it reads.
+            fast engine compute only the logits it reads.
         site: one of ``SITES``.
         chunk_size: cells per batched forward (default: as many as ``max_memory_mb`` allows).
         max_memory_mb: the memory bound used to choose ``chunk_size``.
         progress: show a tqdm progress bar over cells.
         skip_unchanged: cells whose clean activation equals the corrupted one (e.g. the BOS position) are
             not run: their value is the corrupted baseline. ``False`` runs them anyway (a canary).
+        method: ``"auto"`` (the fast engine where it reproduces the model, else the hook sweep, with a
+            warning saying why), ``"activation"`` (the fast engine or an error saying why not) or ``"hooks"``.
 
     Returns:
-        A :class:`PatchResult` with ``per_prompt [*cells, batch]``.
+        A :class:`PatchResult` with ``per_prompt [*cells, batch]``; ``method`` says which path ran.
     """
+    if method not in ("auto", "activation", "hooks"):
+        raise ValueError(f"method={method!r}: use 'auto', 'activation' (the fast engine) or 'hooks'.")
     clean_tokens, corrupted_tokens = _check_inputs(model, clean_tokens, corrupted_tokens, site)
-    w = fwd.weights_of(model)
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size}: pass a positive number of cells per batched forward.")
+    spec = SITES[site]
+    if method == "hooks":
+        arith, (clean, corr), why = None, _caches(model, clean_tokens, corrupted_tokens), ""
+    else:
+        arith, clean, corr, why = _fast_arithmetic(model, clean_tokens, corrupted_tokens)
+        if arith is None and method == "activation":
+            raise fwd.UnsupportedArchitecture(f"method='activation' on {type(model).__name__}: {why}. Use "
+                                              f"method='auto' or 'hooks' (the exact generic path).")
+        if arith is None:
+            warnings.warn(f"activation_patch: {why}; using the exact generic hook sweep (slower).", stacklevel=2)
+    clean_metric, corr_metric = _baselines(model, metric, clean, corr)
     batch, n_pos = clean_tokens.shape
-    clean, corr = fwd.run_cache(model, clean_tokens), fwd.run_cache(model, corrupted_tokens)
-    clean_metric = _check_metric_output(metric(clean.logits), "clean")
-    corr_metric = _check_metric_output(metric(corr.logits), "corrupted")
-    reader = _Reader(metric, w, n_pos)
+    if chunk_size is None:
+        per_cell = _cell_bytes(model, batch, n_pos, logits=arith is None)
+        chunk_size = max(1, int(max_memory_mb * 2**20 // per_cell))
+    sweep = _fast_sweep if arith is not None else _hook_sweep
+    out = sweep(model, arith, spec, clean, corr, corrupted_tokens, metric, corr_metric, chunk_size, progress,
+                skip_unchanged)
+    return PatchResult(site, spec.axes, out.reshape(*_shape(spec, corr), -1), clean_metric, corr_metric,
+                       "activation" if arith is not None else "hooks")
+
+
+def _fast_sweep(model: Any, arith: fwd.BlockArithmetic, site: Site, clean: Cache, corr: Cache, tokens: Tensor,
+                metric: Metric, corr_metric: Tensor, chunk_size: int, progress: bool, skip: bool) -> Tensor:
+    reader = _Reader(metric, arith)
     with torch.no_grad():
-        check = reader(corr.resid_final if reader.read is None else corr.resid_final[:, reader.read])
-    if not torch.allclose(check.float(), corr_metric, atol=1e-3, rtol=1e-3):
+        check = _check_metric_output(reader(corr.resid_final if reader.read is None
+                                            else corr.resid_final[:, reader.read]), "corrupted")
+    tolerance = 10 * CHECK_TOLERANCE.get(_dtype(model), 1e-4)
+    if not torch.allclose(check, corr_metric, atol=tolerance * max(1.0, float(corr_metric.abs().max())),
+                          rtol=tolerance):
         raise ValueError(
             f"The metric's declared positions/vocab do not reproduce its value on the corrupted logits "
-            f"(max abs difference {(check.float() - corr_metric).abs().max():.3g}): its `positions`, `vocab` and "
+            f"(max abs difference {(check - corr_metric).abs().max():.3g}): its `positions`, `vocab` and "
             f"`score` must satisfy metric(logits) == score(logits[rows, positions][..., vocab])."
         )
-
-    shape = _n_cells(site, w, n_pos)
-    total = shape[0] * shape[1]
-    out = corr_metric.expand(total, -1).clone()
-    if chunk_size is None:
-        chunk_size = max(1, int(max_memory_mb * 2**20 // _cell_bytes(w, batch, n_pos)))
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size}: pass a positive number of cells per batched forward.")
+    n_layers, n_index = _shape(site, corr)
+    out = corr_metric.expand(n_layers * n_index, -1).clone()
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, desc=f"patching {site}", disable=not progress)
+    bar = tqdm(total=n_layers * n_index, desc=f"patching {site.name}", disable=not progress)
     groups: dict[int, list[_Plan]] = {}
     with torch.no_grad():
-        for plan in _plans(site, w, clean, corr, skip_unchanged):
+        for plan in _plans(site, arith, clean, corr, skip):
             if isinstance(plan, int):
                 bar.update(1)
             else:
@@ -364,60 +508,64 @@ def activation_patch(
             for lo in range(0, len(plans), chunk_size):
                 chunk = plans[lo:lo + chunk_size]
                 starts = [fwd.Start(p.cell, p.layer, p.stage, p.build()) for p in chunk]
-                cells, final = fwd.continue_from(w, corr, starts, first, reader.read)
+                cells, final = fwd.continue_from(arith, corr, starts, first, reader.read)
                 for cell, resid in zip(cells, final):
-                    out[cell] = _check_metric_output(reader(resid), "patched")
+                    out[cell] = _check_metric_output(reader(resid), "patched", out.shape[1])
                 bar.update(len(chunk))
     bar.close()
-    return PatchResult(site, SITES[site], out.reshape(*shape, -1), clean_metric, corr_metric, "activation")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The generic path: a batched hook sweep
+
+
+def _hook_sweep(model: Any, arith: None, site: Site, clean: Cache, corr: Cache, tokens: Tensor, metric: Metric,
+                corr_metric: Tensor, chunk_size: int, progress: bool, skip: bool) -> Tensor:
+    """Each chunk of cells runs as one forward of the corrupted batch repeated once per cell; one hook per
+    layer writes each cell's patched activation into that cell's rows."""
+    n_layers, n_index = _shape(site, corr)
+    rows = tokens.shape[0]
+    out = corr_metric.expand(n_layers * n_index, -1).clone()
+    todo = []
+    for layer in range(n_layers):
+        corrupted = site.corrupted(layer, corr)
+        for index in range(n_index):
+            if skip and _first_changed(site, site.target(layer, index, clean, corr), corrupted) is None:
+                continue
+            todo.append((layer, index))
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=n_layers * n_index, desc=f"patching {site.name} (hooks)", disable=not progress)
+    bar.update(n_layers * n_index - len(todo))
+    with torch.no_grad():
+        for lo in range(0, len(todo), chunk_size):
+            chunk = todo[lo:lo + chunk_size]
+            by_layer: dict[int, list[tuple[int, int]]] = {}
+            for slot, (layer, index) in enumerate(chunk):
+                by_layer.setdefault(layer, []).append((slot, index))
+
+            def make_hook(layer: int, cells: list[tuple[int, int]]) -> Callable[[Tensor, Any], Tensor]:
+                def hook(act: Tensor, hook: Any) -> Tensor:
+                    act = act.clone()
+                    for slot, index in cells:
+                        act[slot * rows:(slot + 1) * rows] = site.target(layer, index, clean, corr)
+                    return act
+                return hook
+
+            hooks = [(f"blocks.{layer}.{site.hook}", make_hook(layer, cells)) for layer, cells in by_layer.items()]
+            logits = model.run_with_hooks(tokens.repeat(len(chunk), 1), fwd_hooks=hooks)
+            for slot, (layer, index) in enumerate(chunk):
+                value = metric(logits[slot * rows:(slot + 1) * rows])
+                out[layer * n_index + index] = _check_metric_output(value, "patched", out.shape[1])
+            bar.update(len(chunk))
+    bar.close()
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The naive definition
-
-
-def _hook(site: str, layer: int, index: int, group: int, clean: fwd.RunCache, corr: fwd.RunCache
-          ) -> tuple[str, Callable[[Tensor, Any], Tensor]]:
-    """The ``(hook name, hook function)`` that patches one cell in a bridge run."""
-    if site in POSITION_SITES:
-        source = {"resid_pre": clean.resid_pre, "attn_out": clean.attn_out, "mlp_out": clean.mlp_out}[site][layer]
-
-        def patch_pos(act: Tensor, hook: Any) -> Tensor:
-            act = act.clone()
-            act[:, index] = source[:, index]
-            return act
-
-        return f"blocks.{layer}.hook_{site}", patch_pos
-    if site == "z":
-        def patch_z(act: Tensor, hook: Any) -> Tensor:
-            act = act.clone()
-            act[:, :, index] = clean.z[layer][:, :, index]
-            return act
-
-        return f"blocks.{layer}.attn.hook_z", patch_z
-    if site == "pattern":
-        def patch_pattern(act: Tensor, hook: Any) -> Tensor:
-            act = act.clone()
-            act[:, index] = clean.pattern[layer][:, index]
-            return act
-
-        return f"blocks.{layer}.attn.hook_pattern", patch_pattern
-    if site == "v":
-        value = torch.einsum("bqk,bke->bqe", corr.pattern[layer][:, index], clean.v[layer][:, :, index // group])
-
-        def patch_v(act: Tensor, hook: Any) -> Tensor:
-            act = act.clone()
-            act[:, :, index] = value
-            return act
-
-        return f"blocks.{layer}.attn.hook_z", patch_v
-
-    def patch_v_kv(act: Tensor, hook: Any) -> Tensor:
-        act = act.clone()
-        act[:, :, index] = clean.v[layer][:, :, index]
-        return act
-
-    return f"blocks.{layer}.attn.hook_v", patch_v_kv
 
 
 def reference_activation_patch(
@@ -432,15 +580,14 @@ def reference_activation_patch(
 ) -> PatchResult:
     """The definition :func:`activation_patch` is tested against: one ``model.run_with_hooks`` per cell.
 
-    Slow (a full forward per cell). ``cells`` restricts the sweep to some ``(layer, index)`` cells; the others
-    are NaN in ``per_prompt``.
+    Works on any bridge (compatibility-mode hook names only). Slow (a full forward per cell). ``cells``
+    restricts the sweep to some ``(layer, index)`` cells; the others are NaN in ``per_prompt``.
     """
     clean_tokens, corrupted_tokens = _check_inputs(model, clean_tokens, corrupted_tokens, site)
-    w = fwd.weights_of(model)
-    clean, corr = fwd.run_cache(model, clean_tokens), fwd.run_cache(model, corrupted_tokens)
-    clean_metric = _check_metric_output(metric(clean.logits), "clean")
-    corr_metric = _check_metric_output(metric(corr.logits), "corrupted")
-    shape = _n_cells(site, w, clean_tokens.shape[1])
+    spec = SITES[site]
+    clean, corr = _caches(model, clean_tokens, corrupted_tokens)
+    clean_metric, corr_metric = _baselines(model, metric, clean, corr)
+    shape = _shape(spec, corr)
     todo = cells if cells is not None else [(l, i) for l in range(shape[0]) for i in range(shape[1])]
     out = torch.full((*shape, corr_metric.shape[0]), math.nan)
 
@@ -448,10 +595,11 @@ def reference_activation_patch(
 
     with torch.no_grad():
         for layer, index in tqdm(todo, desc=f"reference {site}", disable=not progress):
-            name, fn = _hook(site, layer, index, w.group, clean, corr)
-            logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[(name, fn)])
-            out[layer, index] = _check_metric_output(metric(logits), "patched")
-    return PatchResult(site, SITES[site], out, clean_metric, corr_metric, "reference")
+            target = spec.target(layer, index, clean, corr)
+            hook = (f"blocks.{layer}.{spec.hook}", lambda act, hook, target=target: target.clone())
+            logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[hook])
+            out[layer, index] = _check_metric_output(metric(logits), "patched", corr_metric.shape[0])
+    return PatchResult(site, spec.axes, out, clean_metric, corr_metric, "reference")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -468,63 +616,46 @@ def attribution_patch(
     """First-order approximation of :func:`activation_patch`: ``corrupted + (clean - corrupted act) . grad``.
 
     The gradient of the metric with respect to every activation of the corrupted run comes from one
-    forward and one backward; with the clean run's activations (one more forward) it scores every cell
-    of ``site`` at once. A screen, not a verdict (see the module docstring): confirm with
-    :func:`activation_patch`.
+    forward and one backward of the bridge itself (any architecture); with the clean run's activations
+    (one more forward) it scores every cell of ``site`` at once. A screen, not a verdict (see the module
+    docstring): confirm with :func:`activation_patch`. Gradients are taken with ``torch.autograd.grad``,
+    so the model's parameters get no ``.grad``.
 
     Each prompt's value is its metric's own linearisation. A metric that returns fewer values than token
     rows (e.g. ``LogProbDiffMetric``: 2B rows, B values) must read row ``r`` only for value ``r % B``.
     """
     clean_tokens, corrupted_tokens = _check_inputs(model, clean_tokens, corrupted_tokens, site)
-    w = fwd.weights_of(model)
-    rows, n_pos = clean_tokens.shape
-    clean, corr = fwd.run_cache(model, clean_tokens), fwd.run_cache(model, corrupted_tokens)
-    clean_metric = _check_metric_output(metric(clean.logits), "clean")
-    corr_metric = _check_metric_output(metric(corr.logits), "corrupted")
+    spec = SITES[site]
+    rows = clean_tokens.shape[0]
+    clean, corr = _caches(model, clean_tokens, corrupted_tokens)
+    clean_metric, corr_metric = _baselines(model, metric, clean, corr)
     n_out = corr_metric.shape[0]
-    if rows % n_out:
-        raise ValueError(f"The metric returns {n_out} values for {rows} token rows: attribution patching needs "
-                         f"row r to feed value r % {n_out}, so the rows must be a multiple of the values.")
-    reader = _Reader(metric, w, n_pos)
-    names = {"resid_pre": "resid_pre", "attn_out": "attn_out", "mlp_out": "mlp_out", "z": "z",
-             "pattern": "pattern", "v": "z", "v_kv": "v"}
-    wanted = names[site]
-    acts: dict[int, Tensor] = {}
+    n_layers, _ = _shape(spec, corr)
+    names = [f"blocks.{layer}.{spec.hook}" for layer in range(n_layers)]
+    acts: dict[str, Tensor] = {}
 
-    def record(name: str, layer: int, act: Tensor) -> Tensor:
-        if name == wanted:
-            act.retain_grad()
-            acts[layer] = act
-        return act
+    def leaf(act: Tensor, hook: Any) -> Tensor:
+        return act.detach().requires_grad_(True)
 
+    def keep(name: str) -> Callable[[Tensor, Any], Tensor]:
+        def hook(act: Tensor, hook: Any) -> Tensor:
+            acts[name] = act
+            return act
+        return hook
+
+    hooks = [("blocks.0.hook_resid_pre", leaf)] + [(name, keep(name)) for name in names]
     with torch.enable_grad():
-        embed = w.W_E[corrupted_tokens].detach().requires_grad_(True)
-        final_logits = fwd.full_forward(w, embed, corr.cos, corr.sin, reader.read, reader.vocab, record)
-        if reader.structured:
-            value = metric.score(final_logits[reader.rows, reader.index])  # type: ignore[attr-defined]
-        else:
-            value = metric(final_logits)
-        value.sum().backward()
+        logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=hooks)
+        value = metric(logits)
+        grads = torch.autograd.grad(value.float().sum(), [acts[n] for n in names], allow_unused=True)
 
-    shape = _n_cells(site, w, n_pos)
-    per_row = torch.zeros(*shape, rows)
+    per_row = torch.zeros(n_layers, spec.n_index(corr), rows)
     with torch.no_grad():
-        for layer in range(w.n_layers):
-            grad = acts[layer].grad
-            if site in POSITION_SITES:
-                clean_act = {"resid_pre": clean.resid_pre, "attn_out": clean.attn_out, "mlp_out": clean.mlp_out}[site]
-                delta = clean_act[layer] - acts[layer].detach()
-                per_row[layer] = (delta * grad).sum(-1).T
-            elif site == "z":
-                per_row[layer] = ((clean.z[layer] - acts[layer].detach()) * grad).sum((1, 3)).T
-            elif site == "pattern":
-                per_row[layer] = ((clean.pattern[layer] - acts[layer].detach()) * grad).sum((2, 3)).T
-            elif site == "v":
-                dv = (clean.v[layer] - corr.v[layer]).repeat_interleave(w.group, dim=2)
-                dz = torch.einsum("bhqk,bkhe->bqhe", corr.pattern[layer], dv)
-                per_row[layer] = (dz * grad).sum((1, 3)).T
-            else:
-                per_row[layer] = ((clean.v[layer] - acts[layer].detach()) * grad).sum((1, 3)).T
-    per_prompt = per_row.unflatten(-1, (rows // n_out, n_out)).sum(-2) + corr_metric
-    return PatchResult(site, SITES[site], per_prompt, clean_metric, corr_metric, "attribution")
-
+        for layer, grad in enumerate(grads):
+            if grad is None:
+                continue
+            delta = (spec.patched_all(layer, clean, corr) - spec.corrupted(layer, corr)).float()
+            summed = (delta * grad.float()).movedim(spec.cell_dim, 1).flatten(2).sum(-1)  # [rows, index]
+            per_row[layer] = summed.T.cpu()
+    per_prompt = per_row.unflatten(-1, (rows // n_out, n_out)).sum(-2) + corr_metric.cpu()
+    return PatchResult(site, spec.axes, per_prompt, clean_metric, corr_metric, "attribution")

@@ -1,9 +1,10 @@
 """Tests of circuit.patching: the fast engine gives the naive loop's and TransformerLens' numbers.
 
-Every site is compared, on random prompt sets (hypothesis) and both GQA test models, with
-``transformer_lens.patching`` where it has the sweep and with the naive loop (one ``run_with_hooks`` per
-cell) for the per-query-head value patch ``v``, which TransformerLens does not have. Canaries check
-the engine's shortcuts directly; attribution patching is checked against finite differences.
+Every site is compared, on random prompt sets (hypothesis) and the test models of all eight architectures
+(``fixtures/test_models.py``), with ``transformer_lens.patching`` where it has the sweep and with the naive
+loop (one ``run_with_hooks`` per cell) for the per-query-head value patch ``v``, which TransformerLens does
+not have; the fast engine and the generic hook sweep are both compared. Canaries check the engine's
+shortcuts directly; attribution patching is checked against finite differences.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import random
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from circuit import _forward as fwd
@@ -28,11 +29,14 @@ from circuit.patching import (
 from circuit.prompts import tokenize_prompts
 from circuit.strategies import prompt_sets
 from circuit.task import make_problems, perturb
+from fixtures.test_models import ARCHITECTURES
+
+ARCHS = sorted(ARCHITECTURES)
 
 TOLERANCE = 1e-4
 """Max abs difference allowed between two exact computations of a patched metric (float32)."""
 
-FAST = settings(max_examples=2, deadline=None, derandomize=True,
+FAST = settings(max_examples=1, deadline=None, derandomize=True, phases=[Phase.explicit, Phase.generate],
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
@@ -70,20 +74,23 @@ def _diff_report(ours, theirs, what: str) -> str:
 
 
 @pytest.mark.parametrize("site", list(SITES))
+@pytest.mark.parametrize("arch", ARCHS)
 @FAST
 @given(data=st.data())
-def test_activation_patch_matches_transformer_lens_and_naive_loop(test_models, qwen_tokenizer, site, data):
+def test_activation_patch_matches_transformer_lens_and_naive_loop(test_models, qwen_tokenizer, arch, site, data):
+    """Both exact paths (the fast engine and the generic hook sweep) give TL's numbers, on every architecture."""
     import transformer_lens.patching as tlp
 
-    name = data.draw(st.sampled_from(sorted(test_models)), label="model")
-    loaded = test_models[name]
+    loaded = test_models[ARCHITECTURES[arch]]
     prompt_set = data.draw(prompt_sets(qwen_tokenizer, min_size=1, max_size=2, min_digits=1, max_digits=2,
                                        both_orders=False), label="prompts")
     kind = data.draw(st.sampled_from(["seed", "logprob", "plain"]), label="metric")
     chunk_size = data.draw(st.sampled_from([None, 1, 3]), label="chunk_size")
     clean, corrupted, metric = _inputs(loaded, prompt_set, kind)
 
-    ours = activation_patch(loaded.bridge, clean, corrupted, metric, site, chunk_size=chunk_size)
+    ours = activation_patch(loaded.bridge, clean, corrupted, metric, site, chunk_size=chunk_size, method="activation")
+    hooks = activation_patch(loaded.bridge, clean, corrupted, metric, site, chunk_size=chunk_size, method="hooks")
+    assert (ours.method, hooks.method) == ("activation", "hooks")
     assert ours.per_prompt.shape[-1] == len(prompt_set.clean)
     if site in TL_SWEEPS:
         _, clean_cache = loaded.bridge.run_with_cache(clean)
@@ -93,20 +100,24 @@ def test_activation_patch_matches_transformer_lens_and_naive_loop(test_models, q
     else:
         theirs = reference_activation_patch(loaded.bridge, clean, corrupted, metric, site).mean
         what = "the naive loop (TL has no per-query-head value sweep)"
-    assert ours.mean.shape == theirs.shape, f"shape {tuple(ours.mean.shape)}, {what} gives {tuple(theirs.shape)}"
-    assert (ours.mean - theirs).abs().max() <= TOLERANCE, _diff_report(ours.mean, theirs, f"{site} vs {what}")
+    for result in (ours, hooks):
+        assert result.mean.shape == theirs.shape, (
+            f"shape {tuple(result.mean.shape)}, {what} gives {tuple(theirs.shape)}")
+        assert (result.mean - theirs).abs().max() <= TOLERANCE, _diff_report(
+            result.mean, theirs, f"{arch} {site} ({result.method}) vs {what}")
 
 
 @pytest.mark.parametrize("site", list(TL_SWEEPS))
-def test_naive_loop_is_transformer_lens_definition(test_models, site):
+@pytest.mark.parametrize("name", ["test-qwen2-3l", "test-gpt-neox"])
+def test_naive_loop_is_transformer_lens_definition(test_models, name, site):
     """The naive loop (used for ``v``) patches exactly what TransformerLens patches, on sampled cells."""
     import pandas as pd
     import transformer_lens.patching as tlp
 
-    loaded = test_models["test-qwen2-3l"]
+    loaded = test_models[name]
     clean, corrupted, metric = _fixed_inputs(loaded, seed=3)
     sweep = getattr(tlp, TL_SWEEPS[site])
-    cells = [(0, 1), (1, 1), (2, 0)]
+    cells = [(0, 1), (1, 1), (loaded.bridge.cfg.n_layers - 1, 0)]
     ours = reference_activation_patch(loaded.bridge, clean, corrupted, metric, site, cells=cells)
     _, clean_cache = loaded.bridge.run_with_cache(clean)
     index_df = pd.DataFrame(cells, columns=list(sweep.keywords["index_axis_names"]))
@@ -118,32 +129,39 @@ def test_naive_loop_is_transformer_lens_definition(test_models, site):
 
 
 @pytest.mark.parametrize("site", list(SITES))
-def test_patching_own_corrupted_activation_changes_nothing(test_models, site):
+@pytest.mark.parametrize("method", ["activation", "hooks"])
+def test_patching_own_corrupted_activation_changes_nothing(test_models, site, method):
     """Canary: with clean = corrupted, every cell (none skipped) gives the corrupted metric."""
     loaded = test_models["test-qwen2-3l"]
     _, corrupted, metric = _fixed_inputs(loaded, seed=5)
-    result = activation_patch(loaded.bridge, corrupted, corrupted, metric, site, skip_unchanged=False, chunk_size=4)
+    result = activation_patch(loaded.bridge, corrupted, corrupted, metric, site, skip_unchanged=False, chunk_size=4,
+                              method=method)
     expected = result.corrupted.expand_as(result.per_prompt)
     assert (result.per_prompt - expected).abs().max() <= TOLERANCE, _diff_report(result.per_prompt, expected, site)
 
 
 @pytest.mark.parametrize("kind", ["seed", "logprob"])
-def test_patching_a_whole_layer_with_the_clean_run_recovers_the_clean_metric(test_models, kind):
+@pytest.mark.parametrize("name", ["test-qwen2-3l", "test-gpt-neox", "test-gemma2"])
+def test_patching_a_whole_layer_with_the_clean_run_recovers_the_clean_metric(test_models, name, kind):
     """Canary: the engine's continuation from a whole clean layer (every position) gives the clean metric."""
     from circuit.patching import _Reader
 
-    loaded = test_models["test-qwen2-3l"]
+    loaded = test_models[name]
     clean_tokens, corrupted_tokens, metric = _fixed_inputs(loaded, seed=7, kind=kind)
-    w = fwd.weights_of(loaded.bridge)
-    clean, corrupted = fwd.run_cache(loaded.bridge, clean_tokens), fwd.run_cache(loaded.bridge, corrupted_tokens)
-    reader = _Reader(metric, w, clean_tokens.shape[1])
+    arith = fwd.arithmetic_of(loaded.bridge)
+    clean = fwd.run_cache(loaded.bridge, arith, clean_tokens)
+    corrupted = fwd.run_cache(loaded.bridge, arith, corrupted_tokens)
+    reader = _Reader(metric, arith)
     expected, before = metric(clean.logits), metric(corrupted.logits)
     assert (expected - before).abs().max() > 10 * TOLERANCE, "clean and corrupted must differ for this canary"
-    starts = [fwd.Start(2 * layer, layer, "pre", clean.resid_pre[layer]) for layer in range(w.n_layers)]
-    starts += [fwd.Start(2 * layer + 1, layer, "mid", clean.resid_mid[layer]) for layer in range(w.n_layers)]
-    starts.append(fwd.Start(2 * w.n_layers, w.n_layers, "pre", clean.resid_final))
+    n_layers = arith.n_layers
+    points = [(layer, "pre", clean.resid_pre[layer]) for layer in range(n_layers)]
+    if not arith.parallel:
+        points += [(layer, "mid", clean.resid_mid[layer]) for layer in range(n_layers)]
+    points.append((n_layers, "pre", clean.resid_final))
+    starts = [fwd.Start(cell, *point) for cell, point in enumerate(points)]
     with torch.no_grad():
-        cells, final = fwd.continue_from(w, corrupted, starts, 0, reader.read)
+        cells, final = fwd.continue_from(arith, corrupted, starts, 0, reader.read)
         for cell, resid in zip(cells, final):
             got = reader(resid)
             where = f"{starts[cell].stage} of layer {starts[cell].layer}"
@@ -191,14 +209,16 @@ def _scaled_hook(site, layer, index, group, clean, corrupted, eps):
 
 
 @pytest.mark.parametrize("site", list(SITES))
-def test_attribution_patch_is_the_derivative_of_activation_patching(test_models, site):
+@pytest.mark.parametrize("arch", ARCHS)
+def test_attribution_patch_is_the_derivative_of_activation_patching(test_models, arch, site):
     """``attribution - corrupted`` is d/d(eps) of the metric when a cell moves eps of the way to clean."""
-    loaded = test_models["test-qwen2-2l"]
+    loaded = test_models[ARCHITECTURES[arch]]
     clean_tokens, corrupted_tokens, metric = _fixed_inputs(loaded, seed=11, kind="logprob" if site == "v" else "seed")
     result = attribution_patch(loaded.bridge, clean_tokens, corrupted_tokens, metric, site)
     assert result.method == "attribution" and result.per_prompt.shape[:-1] == result.mean.shape
-    clean, corrupted = fwd.run_cache(loaded.bridge, clean_tokens), fwd.run_cache(loaded.bridge, corrupted_tokens)
-    group = loaded.bridge.cfg.n_heads // loaded.bridge.cfg.n_key_value_heads
+    clean = fwd.run_cache(loaded.bridge, None, clean_tokens)
+    corrupted = fwd.run_cache(loaded.bridge, None, corrupted_tokens)
+    group = clean.z[0].shape[2] // clean.v[0].shape[2]
     eps = 1e-2
     for cell in [(0, 1), (1, result.mean.shape[1] - 1)]:
         values = []
@@ -261,5 +281,47 @@ def test_errors_name_the_bad_input(test_models):
         activation_patch(loaded.bridge, clean, corrupted[:, 1:], metric, "z")
     with pytest.raises(ValueError, match=r"one value per prompt"):
         activation_patch(loaded.bridge, clean, corrupted, lambda logits: metric(logits).mean(), "z")
-    with pytest.raises(ValueError, match=r"not supported by the fast patching engine"):
+    with pytest.raises(ValueError, match=r"not a TransformerBridge.*load_model"):
         activation_patch(object(), clean, corrupted, metric, "z")
+    with pytest.raises(ValueError, match=r"method='fast'.*'auto'"):
+        activation_patch(loaded.bridge, clean, corrupted, metric, "z", method="fast")
+    with pytest.raises(ValueError, match=r"chunk_size=0"):
+        activation_patch(loaded.bridge, clean, corrupted, metric, "z", chunk_size=0)
+
+
+def test_an_architecture_the_engine_does_not_implement_takes_the_exact_hook_sweep(test_models, monkeypatch):
+    """``auto`` says why and falls back to the generic path with the same numbers; ``activation`` refuses."""
+    loaded = test_models["test-llama"]
+    clean, corrupted, metric = _fixed_inputs(loaded, seed=29)
+    fast = activation_patch(loaded.bridge, clean, corrupted, metric, "z")
+    assert fast.method == "activation"
+
+    def unsupported(bridge):
+        raise fwd.UnsupportedArchitecture("positional_embedding_type='alibi'")
+
+    monkeypatch.setattr(fwd, "arithmetic_of", unsupported)
+    with pytest.warns(UserWarning, match=r"does not implement positional_embedding_type='alibi'.*hook sweep"):
+        generic = activation_patch(loaded.bridge, clean, corrupted, metric, "z")
+    assert generic.method == "hooks"
+    assert (generic.per_prompt - fast.per_prompt).abs().max() <= TOLERANCE
+    with pytest.raises(fwd.UnsupportedArchitecture, match=r"method='activation'.*alibi.*'hooks'"):
+        activation_patch(loaded.bridge, clean, corrupted, metric, "z", method="activation")
+
+
+def test_arithmetic_that_does_not_reproduce_the_model_is_never_used(test_models, monkeypatch):
+    """Canary of the self-check: a wrong attention scale makes the engine fall back, not give other numbers."""
+    loaded = test_models["test-qwen3"]
+    clean, corrupted, metric = _fixed_inputs(loaded, seed=31)
+    exact = reference_activation_patch(loaded.bridge, clean, corrupted, metric, "attn_out")
+    real = fwd.arithmetic_of
+
+    def wrong(bridge):
+        arith = real(bridge)
+        arith.scaling = tuple(2 * s for s in arith.scaling)
+        return arith
+
+    monkeypatch.setattr(fwd, "arithmetic_of", wrong)
+    with pytest.warns(UserWarning, match=r"does not reproduce this model's forward"):
+        result = activation_patch(loaded.bridge, clean, corrupted, metric, "attn_out")
+    assert result.method == "hooks"
+    assert (result.mean - exact.mean).abs().max() <= TOLERANCE
