@@ -219,8 +219,10 @@ class Lab:
         return self.ci(stacked, statistic)
 
     def effects(self, result: Any):
-        """Raw per-prompt patching effects ``patched - corrupted``, ``[*cells, batch]`` (no normalization)."""
-        return (result.per_prompt - result.corrupted).detach().cpu().double()
+        """Raw per-prompt patching effects ``patched - corrupted``, ``[*cells, batch]`` (no normalization).
+
+        Subtracted in float64, whatever dtype the sweep's metric values come in."""
+        return result.per_prompt.detach().cpu().double() - result.corrupted.detach().cpu().double()
 
     # heavy computations -----------------------------------------------------------------------------
     def patch(self, ps: Any, site: str, method: str = "activation"):

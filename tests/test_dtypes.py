@@ -177,3 +177,16 @@ def test_shipped_specs_state_precision_dependent_bounds_per_dtype(path):
         for name, value in vars(claim).items():
             if isinstance(value, PerDtype):
                 assert min(value.at(d) for d in LOW) >= value.at("float32"), f"{path.name}: {claim_id}.{name} = {value}"
+
+
+def test_the_lab_subtracts_patching_effects_in_float64():
+    """Effects of a low-precision sweep are differences of float64 values, not rounded bfloat16 differences."""
+    from types import SimpleNamespace
+
+    per_prompt = torch.tensor([[256.0, 3.0]], dtype=torch.bfloat16)
+    corrupted = torch.tensor([1.0078125, 1.0], dtype=torch.bfloat16)  # both exact in bfloat16
+    assert (per_prompt - corrupted).tolist() == [[255.0, 2.0]]  # the bfloat16 difference rounds
+    effects = Lab.effects(None, SimpleNamespace(per_prompt=per_prompt, corrupted=corrupted))
+    assert effects.dtype == torch.float64
+    assert effects.tolist() == [[254.9921875, 2.0]]
+
