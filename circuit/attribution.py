@@ -247,18 +247,20 @@ def _norm(bridge: Any, path: str) -> _Norm:
     return _Norm(path, not module.uses_rms_norm, weight, bias, float(eps))
 
 
-def _check_reproduces(what: str, computed: Tensor, cached: Tensor, fix: str) -> None:
+def _check_reproduces(what: str, computed: Tensor, cached: Tensor, fix: str, terms: int = 1) -> None:
     """Raise unless ``computed`` (float32) reproduces the model's own cached activation ``cached``.
 
-    The bound is 32 rounding units of the cache's dtype relative to the activation's size: far above the
-    float32 arithmetic of a correct decomposition (~1e-7), far below a dropped weight, norm or bias.
+    The bound is ``32 + terms`` rounding units of the cache's dtype relative to the activation's size (the
+    model rounds once per term it adds up): far above the float32 arithmetic of a correct decomposition
+    (~1e-7), far below a dropped weight, norm or bias.
     """
-    bound = 32 * torch.finfo(cached.dtype).eps * (1.0 + float(cached.abs().max()))
+    units = 32 + terms
+    bound = units * torch.finfo(cached.dtype).eps * (1.0 + float(cached.abs().max()))
     error = float((computed.float() - cached.float()).abs().max())
     if not error <= bound:
         raise NotImplementedError(
             f"Direct logit attribution does not reproduce {what}: max abs error {error:.3g} > {bound:.3g} "
-            f"(32 rounding units of {cached.dtype}). The model writes to the residual stream in a way "
+            f"({units} rounding units of {cached.dtype}). The model writes to the residual stream in a way "
             f"circuit.attribution does not model, so its attributions would not add up. {fix}")
 
 
@@ -547,7 +549,7 @@ def layer_attribution(model: Any, cache_or_tokens: Any, directions: ResidualDire
         vectors = directions.gather(stack).float()
         final = _cached(cache, "ln_final.hook_in", "the final residual stream")
         _check_reproduces("the final residual stream (ln_final.hook_in) as the sum of its components", vectors.sum(0),
-                          final[directions.rows, directions.positions], f"Components: {labels}.")
+                          final[directions.rows, directions.positions], f"Components: {labels}.", len(labels))
         values = directions.project(vectors, _final_scale(bridge, cache, directions))
     return LayerAttribution(values.detach(), tuple(labels), directions.constant, directions.kind)
 
@@ -576,7 +578,7 @@ def _heads_at(
             bias = bias + post.bias
     _check_reproduces(f"layer {layer}'s attention output (hook_attn_out) as its heads plus bias",
                       heads.sum(0) + bias, cache["attn_out", layer][rows, positions],
-                      f"Block {layer}'s sub-modules: {list(bridge.blocks[layer]._modules)}.")
+                      f"Block {layer}'s sub-modules: {list(bridge.blocks[layer]._modules)}.", heads.shape[0])
     return heads, bias
 
 
