@@ -229,14 +229,18 @@ def _norm(bridge: Any, path: str) -> _Norm:
     """The normalization at ``path`` of the bridge (``ln_final``, ``blocks.0.ln1_post``) as a :class:`_Norm`."""
     module = bridge
     for part in path.split("."):
-        module = module[int(part)] if part.isdigit() else getattr(module, part)
+        try:
+            module = module[int(part)] if part.isdigit() else getattr(module, part)
+        except (AttributeError, IndexError):
+            raise NotImplementedError(f"This bridge has no {path}: circuit.attribution reads the logits as a norm "
+                                      f"of the final residual stream and cannot attribute without it.") from None
     if not hasattr(module, "uses_rms_norm") or not hasattr(module, "hook_scale"):
         raise NotImplementedError(
             f"{path} of this bridge is a {type(module).__name__}, not a TransformerLens normalization bridge "
             f"with a hook_scale: circuit.attribution cannot freeze its scale, so it cannot attribute through it.")
     component = getattr(module, "original_component", None)
     weight = None if isinstance(component, torch.nn.Identity) else _parameter(component, "weight")
-    if weight is not None and module.uses_weight_offset:
+    if weight is not None and getattr(module, "uses_weight_offset", False):
         weight = 1.0 + weight
     bias = None if module.uses_rms_norm else _parameter(component, "bias")
     eps = getattr(component, "eps", None)
