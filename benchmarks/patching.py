@@ -17,6 +17,10 @@ Usage::
     python benchmarks/patching.py                             # test model, then Qwen-shaped; TL on 12 cells/site
     python benchmarks/patching.py --models qwen --tl-sample 0  # every cell through TL (slow)
     python benchmarks/patching.py --models test --sites z pattern
+    python benchmarks/patching.py --models test --test-model test-gpt-neox   # another architecture
+
+The ``path`` column says which exact path of ``activation_patch`` ran (``activation``: the fast engine;
+``hooks``: the generic batched hook sweep).
 """
 
 from __future__ import annotations
@@ -98,7 +102,7 @@ def tl_sweep(bridge, clean_tokens, corrupted_tokens, metric, site, cells):
 
 
 def bench_model(label, folder, args):
-    loaded = load_model(folder, device="cpu", dtype="float32", with_hf_reference=False)
+    loaded = load_model(folder, device="cpu", dtype=args.dtype, with_hf_reference=False)
     bridge, tokenizer = loaded.bridge, loaded.tokenizer
     problems = make_problems(args.n_prompts, args.digits, seed=args.seed)
     corrupted = corrupt_same_length(problems, seed=args.seed + 1)
@@ -109,13 +113,13 @@ def bench_model(label, folder, args):
     clean, corr = clean_batch.tokens, corrupted_batch.tokens
     cfg = bridge.cfg
     print(f"\n== {label}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads, "
-          f"{cfg.n_key_value_heads} kv heads, d_mlp {cfg.d_mlp}, vocab {cfg.d_vocab}; "
-          f"{clean.shape[0]} prompts x {clean.shape[1]} tokens")
+          f"{cfg.n_key_value_heads or cfg.n_heads} kv heads, d_mlp {cfg.d_mlp}, vocab {cfg.d_vocab}; "
+          f"{clean.shape[0]} prompts x {clean.shape[1]} tokens, {args.dtype}")
     t0 = time.perf_counter()
     with torch.no_grad():
         bridge(corr)
     print(f"one bridge forward: {time.perf_counter() - t0:.2f} s")
-    print(f"{'site':<10}{'cells':>6}{'ours s':>9}{'TL s':>10}{'ratio':>8}{'max|diff|':>11}  TL timing")
+    print(f"{'site':<10}{'cells':>6}{'path':>11}{'ours s':>9}{'TL s':>10}{'ratio':>8}{'max|diff|':>11}  TL timing")
     total_ours = total_tl = 0.0
     worst = 0.0
     gen = random.Random(args.seed)
@@ -142,9 +146,9 @@ def bench_model(label, folder, args):
         total_ours += t_ours
         total_tl += t_tl
         worst = max(worst, diff)
-        print(f"{site:<10}{len(all_cells):>6}{t_ours:>9.1f}{t_tl:>10.1f}{t_tl / t_ours:>8.1f}{diff:>11.2e}  {how}",
+        print(f"{site:<10}{len(all_cells):>6}{ours.method:>11}{t_ours:>9.1f}{t_tl:>10.1f}{t_tl / t_ours:>8.1f}{diff:>11.2e}  {how}",
               flush=True)
-    print(f"{'TOTAL':<16}{total_ours:>9.1f}{total_tl:>10.1f}{total_tl / total_ours:>8.1f}{worst:>11.2e}")
+    print(f"{'TOTAL':<27}{total_ours:>9.1f}{total_tl:>10.1f}{total_tl / total_ours:>8.1f}{worst:>11.2e}")
     return total_ours, total_tl, worst
 
 
@@ -159,6 +163,7 @@ def main() -> None:
     parser.add_argument("--digits", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chunk-size", type=int, default=None)
+    parser.add_argument("--dtype", default="float32", help="model dtype (float32, bfloat16, float16)")
     parser.add_argument("--max-memory-mb", type=float, default=1024.0)
     parser.add_argument("--cache-dir", type=Path, help="where the benchmark models are built",
                         default=Path(os.environ.get("TMPDIR", "/tmp")) / "circuit-claims-bench")

@@ -125,13 +125,10 @@ class BridgeArithmetic:
     n_kv_heads: int
     d_head: int
     parallel: bool
-    W_Q: Tensor
-    W_K: Tensor
-    W_V: Tensor
-    b_Q: Tensor
-    b_K: Tensor
-    b_V: Tensor
+    W_QKV: Float[Tensor, "layer d_model qkv"]
+    b_QKV: Float[Tensor, "layer qkv"]
     W_O: Float[Tensor, "layer head d_head d_model"]
+    W_O_flat: Float[Tensor, "layer hd d_model"]
     b_O: Float[Tensor, "layer d_model"]
     W_U: Float[Tensor, "d_model d_vocab"]
     b_U: Float[Tensor, " d_vocab"]
@@ -140,6 +137,9 @@ class BridgeArithmetic:
     attn_softcap: tuple[float | None, ...]
     logit_softcap: float | None
     rotary: Any | None
+    gated_mlp: tuple[Tensor, Tensor, Any] | None = field(default=None, repr=False)
+    """``(W_gate_in [layer d_model 2*d_mlp], W_out, activation)`` of a bias-free gated MLP, computed with two
+    matrix multiplications; ``None``: the block's own MLP component is called."""
     _cos_sin: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict, repr=False)
 
     @property
@@ -164,9 +164,11 @@ class BridgeArithmetic:
 
     def qkv(self, layer: int, resid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         x = self._norm(layer, "ln1", resid)
-        q = einops.einsum(x, self.W_Q[layer], "b p d, h d e -> b p h e") + self.b_Q[layer]
-        k = einops.einsum(x, self.W_K[layer], "b p d, h d e -> b p h e") + self.b_K[layer]
-        v = einops.einsum(x, self.W_V[layer], "b p d, h d e -> b p h e") + self.b_V[layer]
+        out = x @ self.W_QKV[layer] + self.b_QKV[layer]
+        hq, hk = self.n_heads * self.d_head, self.n_kv_heads * self.d_head
+        q, k, v = out.split([hq, hk, hk], dim=-1)
+        q = q.unflatten(-1, (self.n_heads, self.d_head))
+        k, v = k.unflatten(-1, (self.n_kv_heads, self.d_head)), v.unflatten(-1, (self.n_kv_heads, self.d_head))
         attn = self._block(layer).attn
         for name in ("q_norm", "k_norm"):
             norm = _component(attn, name)
@@ -218,13 +220,20 @@ class BridgeArithmetic:
         return einops.rearrange(pattern, "b kv g q s -> b (kv g) q s")
 
     def attn_out(self, layer: int, z: Tensor) -> Tensor:
-        out = einops.einsum(z, self.W_O[layer], "b p h e, h e d -> b p d") + self.b_O[layer]
+        out = z.flatten(-2) @ self.W_O_flat[layer] + self.b_O[layer]
         return self._norm(layer, "ln1_post", out)
 
     def mlp_out(self, layer: int, resid: Tensor) -> Tensor:
         block = self._block(layer)
         name = "ln2" if _component(block, "ln2") is not None or not self.parallel else "ln1"
-        return self._norm(layer, "ln2_post", block.mlp(self._norm(layer, name, resid)))
+        x = self._norm(layer, name, resid)
+        if self.gated_mlp is None:
+            out = block.mlp(x)
+        else:
+            W_gate_in, W_out, activation = self.gated_mlp
+            gate, lin = (x @ W_gate_in[layer]).chunk(2, dim=-1)
+            out = (activation(gate) * lin) @ W_out[layer]
+        return self._norm(layer, "ln2_post", out)
 
     def unembed(self, resid: Tensor, vocab: Tensor | None) -> Tensor:
         normed = self.bridge.ln_final(resid)
@@ -235,6 +244,23 @@ class BridgeArithmetic:
         if self.logit_softcap is not None:
             logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
         return logits
+
+
+def _gated_mlp(bridge: Any) -> tuple[Tensor, Tensor, Any] | None:
+    """The fused weights of a bias-free gated MLP with an activation TransformerLens resolves, or ``None``."""
+    if not getattr(bridge.cfg, "gated_mlp", False):
+        return None
+    weights = [optional_weight(bridge, n) for n in ("W_gate", "W_in", "W_out")]
+    if any(w is None for w in weights) or any(optional_weight(bridge, n) is not None for n in ("b_in", "b_out")):
+        return None
+    try:
+        from transformer_lens.model_bridge.generalized_components.gated_mlp import resolve_activation_fn
+
+        activation = resolve_activation_fn(bridge.blocks[0].mlp.config)
+    except (ImportError, AttributeError, ValueError):
+        return None
+    W_gate, W_in, W_out = (w.detach() for w in weights)
+    return torch.cat([W_gate, W_in], dim=-1).contiguous(), W_out.contiguous(), activation
 
 
 def _cap(value: Any) -> float | None:
@@ -294,12 +320,16 @@ def arithmetic_of(bridge: Any) -> BridgeArithmetic:
 
         W_U = optional_weight(bridge, "W_U").detach()
         d_model = W_O.shape[-1]
+        flat = lambda w: einops.rearrange(w, "layer head d_model d_head -> layer d_model (head d_head)")  # noqa: E731
+        biases = [bias(n, shape).reshape(n_layers, -1) for n, shape in (
+            ("b_Q", (n_layers, n_heads, d_head)), ("b_K", (n_layers, n_kv, d_head)), ("b_V", (n_layers, n_kv, d_head)))]
         return BridgeArithmetic(
             bridge=bridge, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv, d_head=d_head,
             parallel=bool(getattr(cfg, "parallel_attn_mlp", False)),
-            W_Q=W_Q, W_K=W_K, W_V=W_V,
-            b_Q=bias("b_Q", (n_layers, n_heads, d_head)), b_K=bias("b_K", (n_layers, n_kv, d_head)),
-            b_V=bias("b_V", (n_layers, n_kv, d_head)), W_O=W_O, b_O=bias("b_O", (n_layers, d_model)),
+            W_QKV=torch.cat([flat(W_Q), flat(W_K), flat(W_V)], dim=-1).contiguous(),
+            b_QKV=torch.cat(biases, dim=-1).contiguous(), W_O=W_O,
+            W_O_flat=einops.rearrange(W_O, "layer head d_head d_model -> layer (head d_head) d_model").contiguous(),
+            b_O=bias("b_O", (n_layers, d_model)), gated_mlp=_gated_mlp(bridge),
             W_U=W_U, b_U=bias("b_U", (W_U.shape[1],)),
             scaling=tuple(float(getattr(a, "scaling", None) or 1 / math.sqrt(d_head)) for a in hf_layers),
             windows=tuple(getattr(a, "sliding_window", None) or None for a in hf_layers),
