@@ -74,6 +74,7 @@ __all__ = [
     "Site",
     "activation_patch",
     "attribution_patch",
+    "read_set",
     "reference_activation_patch",
 ]
 
@@ -285,28 +286,91 @@ def _dtype(model: Any) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
-class _Reader:
-    """Turns final residuals into metric values, computing only the logits the metric reads."""
+def read_set(metric: Metric, logits: Float[Tensor, "row pos d_vocab"]) -> tuple[Tensor, Tensor] | None:
+    """The positions and vocabulary entries of ``logits`` that a plain metric reads, from its gradient.
 
-    def __init__(self, metric: Metric, arith: fwd.BlockArithmetic):
+    An entry is read where the gradient of ``metric(logits).sum()`` is nonzero. Returns ``(positions,
+    vocab)`` (sorted token positions and ids, unions over rows), or ``None`` when the metric is not
+    differentiable. The one assumption, checked by :class:`_Reader` on the clean and corrupted runs: the
+    read set does not depend on the input.
+    """
+    leaf = logits.detach().clone().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            value = torch.as_tensor(metric(leaf))
+            if not value.requires_grad:
+                return None
+            (grad,) = torch.autograd.grad(value.float().sum(), leaf, allow_unused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return None
+    if grad is None:
+        return None
+    nonzero = grad != 0
+    positions = nonzero.any(-1).any(0).nonzero()[:, 0]
+    vocab = nonzero.any(0).any(0).nonzero()[:, 0]
+    return positions, vocab
+
+
+class _Reader:
+    """Turns final residuals into metric values, computing only the logits the metric reads.
+
+    A structured metric (:class:`circuit.metrics.AnswerMetric`) declares its reads. A plain callable's are
+    detected (:func:`read_set`) and verified: on the clean and on the corrupted logits, the metric of a
+    logits buffer holding only the read entries (NaN everywhere else) must equal the metric of the full
+    logits, within the dtype's tolerance; otherwise (and for a metric without a gradient) every position
+    and token is computed, with a warning when the detection was wrong. Patched values are then written
+    into that buffer's read entries only, so the metric must not modify its input.
+    """
+
+    def __init__(self, metric: Metric, arith: fwd.BlockArithmetic, clean: Cache | None = None,
+                 corr: Cache | None = None, tolerance: float = 1e-3):
         self.metric, self.arith = metric, arith
+        self.buffer: Tensor | None = None
         positions = getattr(metric, "positions", None)
         self.structured = positions is not None and hasattr(metric, "score") and hasattr(metric, "vocab")
+        device = arith.W_U.device  # type: ignore[attr-defined]
         if self.structured:
-            device = arith.W_U.device  # type: ignore[attr-defined]
             positions = torch.as_tensor(positions).to(device).long()
             self.read = torch.unique(positions)
             self.index = torch.searchsorted(self.read, positions)
             self.rows = torch.arange(positions.shape[0], device=device)[:, None]
             vocab = metric.vocab  # type: ignore[attr-defined]
             self.vocab = None if vocab is None else torch.as_tensor(vocab).to(device).long()
-        else:
-            self.read, self.vocab = None, None
+            return
+        self.read, self.vocab = None, None
+        if clean is None or corr is None:
+            return
+        found = read_set(metric, corr.logits)
+        if found is None:
+            return
+        read, vocab = found
+        n_pos, n_vocab = corr.logits.shape[1:]
+        if len(read) == 0 or (len(read) == n_pos and len(vocab) == n_vocab):
+            return
+        self.read, self.vocab = read, (None if len(vocab) == n_vocab else vocab)
+        self.buffer = torch.full_like(corr.logits, math.nan)
+        for name, cache in (("clean", clean), ("corrupted", corr)):
+            full = _check_metric_output(metric(cache.logits), name)
+            with torch.no_grad():
+                reduced = _check_metric_output(self(cache.resid_final[:, self.read]), name)
+            if not torch.allclose(reduced, full, atol=tolerance * max(1.0, float(full.abs().max())), rtol=tolerance):
+                warnings.warn(
+                    f"activation_patch: the metric reads more of the logits than its gradient shows (on the "
+                    f"{name} run, max abs difference {(reduced - full).abs().max():.3g}); computing every "
+                    f"position and token instead (exact, slower).", stacklevel=4)
+                self.read, self.vocab, self.buffer = None, None, None
+                return
 
     def __call__(self, final: Float[Tensor, "row read d_model"]) -> Float[Tensor, " batch"]:
         logits = self.arith.unembed(final, self.vocab)
         if self.structured:
             return self.metric.score(logits[self.rows, self.index])  # type: ignore[attr-defined]
+        if self.buffer is not None:
+            if self.vocab is None:
+                self.buffer[:, self.read] = logits
+            else:
+                self.buffer[:, self.read[:, None], self.vocab[None, :]] = logits
+            return self.metric(self.buffer)
         return self.metric(logits)
 
 
@@ -478,11 +542,11 @@ def activation_patch(
 
 def _fast_sweep(model: Any, arith: fwd.BlockArithmetic, site: Site, clean: Cache, corr: Cache, tokens: Tensor,
                 metric: Metric, corr_metric: Tensor, chunk_size: int, progress: bool, skip: bool) -> Tensor:
-    reader = _Reader(metric, arith)
+    tolerance = 10 * CHECK_TOLERANCE.get(_dtype(model), 1e-4)
+    reader = _Reader(metric, arith, clean, corr, tolerance)
     with torch.no_grad():
         check = _check_metric_output(reader(corr.resid_final if reader.read is None
                                             else corr.resid_final[:, reader.read]), "corrupted")
-    tolerance = 10 * CHECK_TOLERANCE.get(_dtype(model), 1e-4)
     if not torch.allclose(check, corr_metric, atol=tolerance * max(1.0, float(corr_metric.abs().max())),
                           rtol=tolerance):
         raise ValueError(
@@ -490,6 +554,21 @@ def _fast_sweep(model: Any, arith: fwd.BlockArithmetic, site: Site, clean: Cache
             f"(max abs difference {(check - corr_metric).abs().max():.3g}): its `positions`, `vocab` and "
             f"`score` must satisfy metric(logits) == score(logits[rows, positions][..., vocab])."
         )
+    try:
+        return _run_plans(arith, site, clean, corr, reader, corr_metric, chunk_size, progress, skip)
+    except _ReadSetChanged as changed:
+        warnings.warn(f"activation_patch: {changed}; recomputing the sweep with every position and token "
+                      f"(exact, slower).", stacklevel=3)
+        return _run_plans(arith, site, clean, corr, _Reader(metric, arith), corr_metric, chunk_size, progress,
+                          skip)
+
+
+class _ReadSetChanged(RuntimeError):
+    """A patched run made a plain metric read outside the read set detected on the clean and corrupted runs."""
+
+
+def _run_plans(arith: fwd.BlockArithmetic, site: Site, clean: Cache, corr: Cache, reader: _Reader,
+               corr_metric: Tensor, chunk_size: int, progress: bool, skip: bool) -> Tensor:
     n_layers, n_index = _shape(site, corr)
     out = corr_metric.expand(n_layers * n_index, -1).clone()
 
@@ -510,7 +589,11 @@ def _fast_sweep(model: Any, arith: fwd.BlockArithmetic, site: Site, clean: Cache
                 starts = [fwd.Start(p.cell, p.layer, p.stage, p.build()) for p in chunk]
                 cells, final = fwd.continue_from(arith, corr, starts, first, reader.read)
                 for cell, resid in zip(cells, final):
-                    out[cell] = _check_metric_output(reader(resid), "patched", out.shape[1])
+                    value = _check_metric_output(reader(resid), "patched", out.shape[1])
+                    if reader.buffer is not None and not bool(torch.isfinite(value).all()):
+                        raise _ReadSetChanged(f"the metric read outside its detected read set on a patched run "
+                                              f"(cell {cell} of {site.name} gave {value.tolist()})")
+                    out[cell] = value
                 bar.update(len(chunk))
     bar.close()
     return out

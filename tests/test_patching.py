@@ -325,3 +325,72 @@ def test_arithmetic_that_does_not_reproduce_the_model_is_never_used(test_models,
         result = activation_patch(loaded.bridge, clean, corrupted, metric, "attn_out")
     assert result.method == "hooks"
     assert (result.mean - exact.mean).abs().max() <= TOLERANCE
+
+
+def _plain_metrics(loaded, clean_tokens, seed_metric):
+    """Plain callables a researcher writes: what they read, and the metric."""
+    answer = seed_metric.correct[:, 0]
+    wrong = loaded.tokenizer.convert_tokens_to_ids(["0"] * len(answer))
+    wrong = torch.tensor([w if w != a else w + 1 for w, a in zip(wrong, answer.tolist())])
+    rows = torch.arange(clean_tokens.shape[0])
+
+    def last_token_logit_diff(logits):  # the source analysis' shape: logits[:, -1] gathered at answers
+        last = logits[:, -1]
+        return last[rows, answer] - last[rows, wrong]
+
+    def last_token_logprob(logits):  # reads the whole vocabulary at the last position
+        return logits[:, -1].log_softmax(-1)[rows, answer]
+
+    def argmax_is_answer(logits):  # no gradient: every position and token is computed
+        return (logits[:, -1].argmax(-1) == answer).float()
+
+    return {"logit_diff": last_token_logit_diff, "logprob": last_token_logprob, "argmax": argmax_is_answer}
+
+
+def test_read_set_of_plain_metrics(test_models):
+    from circuit.patching import read_set
+
+    loaded = test_models["test-qwen2-2l"]
+    clean, _, metric = _fixed_inputs(loaded, n=3, seed=37)
+    logits = loaded.bridge(clean)
+    metrics = _plain_metrics(loaded, clean, metric)
+    positions, vocab = read_set(metrics["logit_diff"], logits)
+    assert positions.tolist() == [clean.shape[1] - 1]
+    assert set(metric.correct[:, 0].tolist()) < set(vocab.tolist()) and len(vocab) <= 6
+    positions, vocab = read_set(metrics["logprob"], logits)
+    assert positions.tolist() == [clean.shape[1] - 1] and len(vocab) == logits.shape[-1]
+    assert read_set(metrics["argmax"], logits) is None
+
+
+@pytest.mark.parametrize("kind", ["logit_diff", "logprob", "argmax"])
+@pytest.mark.parametrize("site", ["resid_pre", "z"])
+def test_plain_metrics_give_exact_numbers_whatever_they_read(test_models, kind, site):
+    from circuit.patching import _Reader
+
+    loaded = test_models["test-qwen2-3l"]
+    clean, corrupted, seed_metric = _fixed_inputs(loaded, n=3, seed=41)
+    metric = _plain_metrics(loaded, clean, seed_metric)[kind]
+    ours = activation_patch(loaded.bridge, clean, corrupted, metric, site)
+    exact = reference_activation_patch(loaded.bridge, clean, corrupted, metric, site)
+    assert ours.method == "activation"
+    assert (ours.per_prompt - exact.per_prompt).abs().max() <= TOLERANCE, _diff_report(
+        ours.per_prompt, exact.per_prompt, f"{kind} {site}")
+    arith = fwd.arithmetic_of(loaded.bridge)
+    reader = _Reader(metric, arith, fwd.run_cache(loaded.bridge, arith, clean),
+                     fwd.run_cache(loaded.bridge, arith, corrupted))
+    assert (reader.buffer is not None) == (kind != "argmax")
+
+
+def test_a_metric_whose_reads_depend_on_the_input_is_caught(test_models):
+    """A metric reading the logit of whatever token is largest: the detected set is wrong, the numbers are not."""
+    loaded = test_models["test-qwen2-2l"]
+    clean, corrupted, _ = _fixed_inputs(loaded, n=3, seed=43)
+
+    def top_logit(logits):
+        last = logits[:, -1]
+        return last.gather(-1, last.argmax(-1, keepdim=True))[:, 0]
+
+    with pytest.warns(UserWarning, match="reads more of the logits than its gradient shows|outside its detected"):
+        ours = activation_patch(loaded.bridge, clean, corrupted, top_logit, "resid_pre")
+    exact = reference_activation_patch(loaded.bridge, clean, corrupted, top_logit, "resid_pre")
+    assert (ours.per_prompt - exact.per_prompt).abs().max() <= TOLERANCE
