@@ -53,22 +53,40 @@ from circuit.task import make_problems, perturb  # noqa: E402
 from fixtures.test_models import QWEN_FOLDER, TEST_MODELS, TOKENIZER_FILES, build_test_model  # noqa: E402
 
 
-def build_qwen_shaped(folder: Path, seed: int = 0) -> Path:
-    """A model with Qwen2.5-0.5B's exact config and seeded random float32 weights (built once)."""
+def build_qwen_shaped(folder: Path, seed: int = 0, layers: int | None = None) -> Path:
+    """A model with Qwen2.5-0.5B's exact config (``layers`` of its 24 layers, if given) and seeded random
+    float32 weights (built once)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     stamp = folder / "qwen_shaped_seed.txt"
-    if stamp.exists() and stamp.read_text() == str(seed):
+    if stamp.exists() and stamp.read_text() == f"{seed} {layers}":
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    config = AutoConfig.from_pretrained(QWEN_FOLDER, dtype="float32")
+    extra = {} if layers is None else dict(num_hidden_layers=layers, max_window_layers=layers,
+                                           layer_types=["full_attention"] * layers)
+    config = AutoConfig.from_pretrained(QWEN_FOLDER, dtype="float32", **extra)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(folder, safe_serialization=True)
     for name in (*TOKENIZER_FILES, "generation_config.json"):
         shutil.copy(QWEN_FOLDER / name, folder / name)
-    stamp.write_text(str(seed))
+    stamp.write_text(f"{seed} {layers}")
     return folder
+
+
+def plain_last_token_metric(seed_metric):
+    """The source analysis' kind of metric as a plain function: ``logits[:, -1]`` gathered at the first answer
+    token and at a wrong one (the engine must detect what it reads)."""
+    answer = seed_metric.correct[:, 0]
+    wrong = seed_metric.incorrect[:, 0]
+    wrong = torch.where(wrong == answer, answer + 1, wrong)  # any other token where the first digits agree
+    rows = torch.arange(answer.shape[0])
+
+    def metric(logits):
+        last = logits[:, -1]
+        return last[rows, answer] - last[rows, wrong]
+
+    return metric
 
 
 def tl_sweep(bridge, clean_tokens, corrupted_tokens, metric, site, cells):
@@ -111,6 +129,8 @@ def bench_model(label, folder, args):
     corrupted_batch = tokenize_prompts(tokenizer, [p.prompt for p in corrupted])
     metric = seed_logit_diff(tokenizer, clean_batch, problems, [perturb(p.product, rng) for p in problems])
     clean, corr = clean_batch.tokens, corrupted_batch.tokens
+    if args.metric == "plain":
+        metric = plain_last_token_metric(metric)
     cfg = bridge.cfg
     print(f"\n== {label}: {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} heads, "
           f"{cfg.n_key_value_heads or cfg.n_heads} kv heads, d_mlp {cfg.d_mlp}, vocab {cfg.d_vocab}; "
@@ -164,6 +184,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chunk-size", type=int, default=None)
     parser.add_argument("--dtype", default="float32", help="model dtype (float32, bfloat16, float16)")
+    parser.add_argument("--metric", default="seed", choices=["seed", "plain"],
+                        help="seed: the project's AnswerMetric (declares its reads); plain: a plain function of "
+                             "logits[:, -1] (the engine detects what it reads)")
+    parser.add_argument("--layers", type=int, default=None, help="layers of the Qwen-shaped model (default 24)")
     parser.add_argument("--max-memory-mb", type=float, default=1024.0)
     parser.add_argument("--cache-dir", type=Path, help="where the benchmark models are built",
                         default=Path(os.environ.get("TMPDIR", "/tmp")) / "circuit-claims-bench")
@@ -182,8 +206,9 @@ def main() -> None:
             folder = build_test_model(TEST_MODELS[args.test_model], args.cache_dir / args.test_model)
             bench_model(args.test_model, folder, args)
         else:
-            folder = build_qwen_shaped(args.cache_dir / "qwen2.5-0.5b-shaped")
-            bench_model("Qwen2.5-0.5B-shaped (random weights)", folder, args)
+            suffix = "" if args.layers is None else f"-{args.layers}l"
+            folder = build_qwen_shaped(args.cache_dir / f"qwen2.5-0.5b-shaped{suffix}", layers=args.layers)
+            bench_model(f"Qwen2.5-0.5B-shaped{suffix} (random weights), {args.metric} metric", folder, args)
 
 
 if __name__ == "__main__":
