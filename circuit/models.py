@@ -424,9 +424,17 @@ def load_model(
         if device_map is not None:
             kwargs["device_map"] = device_map
         try:
-            model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+            model, info = AutoModelForCausalLM.from_pretrained(name, output_loading_info=True, **kwargs)
         except (OSError, SafetensorError) as error:
             raise failed(error, "weights") from error
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:  # transformers would fill them with random values: the analysis would be of noise
+            shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+            where = f"Model folder {name!r}" if local else f"Model {name!r}"
+            raise ModelFolderError(
+                f"{where}: its weights lack {len(missing)} parameter(s) of its config's architecture ({shown}), "
+                f"which transformers would fill with random values: the safetensors do not match config.json. "
+                f"Save the model again with model.save_pretrained(folder) or use the config it was trained with.")
         if device_map is None:
             model = model.to(torch_device)
         return model.eval()

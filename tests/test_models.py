@@ -116,6 +116,19 @@ def test_a_safetensors_file_with_a_corrupted_header_is_named(tmp_path, good_fold
     assert re.search(r"model.safetensors is broken: its header cannot be read \(JSONDecodeError", _load_error(folder))
 
 
+def test_weights_that_lack_parameters_of_the_config_are_refused_not_filled_at_random(tmp_path, good_folder):
+    """A safetensors file of another (here: smaller) model would load with random values in the gaps."""
+    from safetensors.torch import load_file, save_file
+
+    folder = _folder(tmp_path, good_folder, "config.json", *TOKENIZER)
+    tensors = load_file(good_folder / "model.safetensors")
+    kept = {name: tensor for name, tensor in tensors.items() if ".layers.1." not in name}
+    save_file(kept, folder / "model.safetensors", metadata={"format": "pt"})
+    message = _load_error(folder)
+    assert re.search(r"its weights lack \d+ parameter\(s\) of its config's architecture \(model\.layers\.1\.", message)
+    assert "random values" in message
+
+
 def test_a_missing_shard_of_a_sharded_model_is_named(tmp_path, good_folder):
     folder = _folder(tmp_path, good_folder, "config.json", "model.safetensors", *TOKENIZER)
     (folder / "model.safetensors.index.json").write_text(
