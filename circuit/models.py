@@ -341,6 +341,26 @@ def check_tokenizer(tokenizer: Any, name: str = "the model") -> None:
                 f"(vocabulary of {len(tokenizer)} tokens): {fix}.")
 
 
+def _check_bridge_runs(bridge: Any, tokenizer: Any, name: str, dtype: torch.dtype) -> None:
+    """One forward of a short prompt, so that a bridge that cannot run (e.g. a TransformerLens adapter that
+    mixes dtypes) fails here, once, with what to do, instead of in every claim."""
+    tokens = torch.tensor([tokenizer.encode("12 x 34 =")], device=next(bridge.parameters()).device)
+    try:
+        with torch.no_grad():
+            logits = bridge(tokens)
+    except (RuntimeError, TypeError, ValueError, AttributeError) as error:
+        model_type = getattr(getattr(bridge, "original_model", None), "config", None)
+        model_type = getattr(model_type, "model_type", type(bridge).__name__)
+        raise ModelLoadError(
+            f"Model {name!r}: the TransformerLens bridge of this {model_type} model cannot run a forward in "
+            f"{str(dtype).removeprefix('torch.')} ({type(error).__name__}: {_first_line(error)}). Load it in "
+            f"another dtype (e.g. --dtype float32), or check transformer-lens for a fix.") from error
+    if not bool(torch.isfinite(logits).all()):
+        raise ModelLoadError(
+            f"Model {name!r} gives non-finite logits in {str(dtype).removeprefix('torch.')} on a short prompt: "
+            f"its weights hold NaN/inf or overflow this dtype (float16 overflows easily; try bfloat16 or float32).")
+
+
 def load_model(
     name_or_path: str | os.PathLike,
     *,
@@ -454,6 +474,7 @@ def load_model(
     )
     bridge.enable_compatibility_mode()
     bridge.eval()
+    _check_bridge_runs(bridge, tokenizer, name, torch_dtype)
     reference = hf_copy() if with_hf_reference else None
     return LoadedModel(
         name=name,

@@ -255,3 +255,32 @@ def test_a_cached_hub_model_loads(tmp_path, good_folder, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(_hub_cache(tmp_path, good_folder, "org/tiny",
                                                                    ("config.json", "model.safetensors", *TOKENIZER))))
     assert load_model("org/tiny", with_hf_reference=False).label == "org/tiny"
+
+
+def test_a_bridge_that_cannot_run_a_forward_fails_at_load_with_what_to_do(test_model_folder, monkeypatch):
+    """E.g. TransformerLens 4.3's OLMo-2 bridge in bfloat16 mixes dtypes in its attention: one clear error."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from circuit.models import ModelLoadError
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("expected m1 and m2 to have the same dtype, but got: float != c10::BFloat16")
+
+    monkeypatch.setattr(TransformerBridge, "forward", broken)
+    with pytest.raises(ModelLoadError, match=r"bridge of this qwen2 model cannot run a forward in float32 "
+                                             r"\(RuntimeError: expected m1.*\)\. Load it in another dtype"):
+        load_model(test_model_folder("test-qwen2-2l"), with_hf_reference=False)
+
+
+def test_a_model_with_non_finite_weights_is_refused_at_load(tmp_path, good_folder):
+    from safetensors.torch import load_file, save_file
+
+    from circuit.models import ModelLoadError
+
+    folder = _folder(tmp_path, good_folder, "config.json", *TOKENIZER)
+    tensors = load_file(good_folder / "model.safetensors")
+    name = next(n for n in tensors if n.endswith("layers.0.mlp.down_proj.weight"))
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match=r"gives non-finite logits in float32"):
+        load_model(folder, with_hf_reference=False)
