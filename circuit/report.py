@@ -29,6 +29,7 @@ __all__ = [
     "attention_figure",
     "figure_html",
     "figure_png",
+    "forest_figure",
     "heatmap",
     "line_figure",
     "scatter_figure",
@@ -186,21 +187,68 @@ def attention_figure(
 
 
 def figure_png(fig: Figure) -> bytes:
-    """The figure as PNG bytes."""
+    """The figure as PNG bytes, cropped to what it draws (``bbox_inches="tight"``): no label is cut, even one
+    longer than its axis (a colorbar's)."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    fig.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.1)
     return buffer.getvalue()
 
 
-def figure_html(fig: Figure, *, alt: str = "") -> str:
-    """The figure as an ``<img>`` whose PNG is embedded (base64): nothing is fetched when the page opens."""
+def figure_html(fig: Figure, *, alt: str = "", caption: str = "") -> str:
+    """The figure as an ``<img>`` whose PNG is embedded (base64): nothing is fetched when the page opens.
+    ``caption`` (what a reader should see if the claim holds) goes under the title."""
     data = base64.b64encode(figure_png(fig)).decode("ascii")
     label = html.escape(alt or (fig._suptitle.get_text() if fig._suptitle else "") or "figure", quote=True)
+    text = f"<b>{label}</b>" + (f"<br/>{html.escape(caption)}" if caption else "")
     return (f'<figure class="claim-figure"><img alt="{label}" src="data:image/png;base64,{data}" '
-            f'style="max-width:100%"/><figcaption>{html.escape(label)}</figcaption></figure>')
+            f'style="max-width:100%"/><figcaption>{text}</figcaption></figure>')
 
 
-_COLOURS = {"passed": "#1a7f37", "failed": "#cf222e", "skipped": "#9a6700", "error": "#cf222e"}
+VERDICT_COLOURS = {"passed": "#1a7f37", "failed": "#cf222e", "error": "#8250df", "skipped": "#9a6700"}
+
+
+def forest_figure(rows: Sequence[Mapping], *, title: str = "Every claim test: statistic, CI and threshold") -> Figure:
+    """A forest plot: one panel per claim test and model (its own scale: the statistics differ), the
+    statistic as a dot, its confidence interval as a bar coloured by the verdict, the threshold as a
+    dashed black mark.
+
+    Each row is a mapping with ``label``, ``estimate``, ``low``, ``high`` (None without an interval),
+    ``threshold`` (a number or None) and ``outcome`` (passed, failed, error).
+    """
+    from matplotlib.lines import Line2D
+
+    n = max(1, len(rows))
+    fig = Figure(figsize=(10, 0.55 * n + 1.2), dpi=90, layout="constrained")
+    axes = fig.subplots(n, 1, squeeze=False)[:, 0]
+    fig.suptitle(title, fontsize=11)
+    for ax, row in zip(axes, rows):
+        colour = VERDICT_COLOURS.get(row["outcome"], "#57606a")
+        estimate, low, high, threshold = (row.get(k) for k in ("estimate", "low", "high", "threshold"))
+        points = [v for v in (estimate, low, high, threshold) if v is not None and np.isfinite(v)]
+        if low is not None and high is not None and np.isfinite(low) and np.isfinite(high):
+            ax.plot([low, high], [0, 0], color=colour, linewidth=5, solid_capstyle="butt", alpha=0.6)
+        if estimate is not None and np.isfinite(estimate):
+            ax.plot([estimate], [0], "o", color=colour, markersize=6)
+        if threshold is not None and np.isfinite(threshold):
+            ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2)
+        if points:
+            lo, hi = min(points), max(points)
+            margin = (hi - lo) * 0.15 or max(abs(hi), 1.0) * 0.15
+            ax.set_xlim(lo - margin, hi + margin)
+        ax.set_yticks([0], [row["label"]], fontsize=8)
+        ax.set_ylim(-1, 1)
+        ax.tick_params(axis="x", labelsize=7)
+        for side in ("top", "right", "left"):
+            ax.spines[side].set_visible(False)
+    legend = [Line2D([], [], color=VERDICT_COLOURS["passed"], linewidth=5, label="CI, claim holds (passed)"),
+              Line2D([], [], color=VERDICT_COLOURS["failed"], linewidth=5, label="CI, claim fails"),
+              Line2D([], [], color="black", marker="o", linestyle="", label="estimate"),
+              Line2D([], [], color="black", linestyle="--", label="threshold")]
+    fig.legend(handles=legend, loc="outside lower center", ncols=4, fontsize=8, frameon=False)
+    return fig
+
+
+_COLOURS = {**VERDICT_COLOURS, "error": "#cf222e"}
 
 
 def summary_table(outcomes: Mapping[tuple[str, str], str], *, claims: Sequence[str], models: Sequence[str],

@@ -38,8 +38,10 @@ def test_head_attributions_sum_to_the_logit_difference(model, lab, claim, eviden
     record = evidence.record(
         f"largest per-prompt |sum of attributions - {what}|", largest,
         threshold=f"CI high <= atol[{dtype}] = {atol:g}", holds=bool(largest.high <= atol), prompt_set=prompt_set,
-        figures={"Logit lens (clean, final position): the last entry is the logit difference": lambda: line_figure(
+        figures={"Logit lens (clean, final position): the last entry is the logit difference": (lambda: line_figure(
             lens.mean, title="Logit lens", xlabel="residual stream", ylabel="logit difference",
-            xticklabels=list(lens.labels))},
+            xticklabels=list(lens.labels)),
+            "The logit difference read off the residual stream after each block. Its last point is the model's "
+            "logit difference: if the claim holds, the attributions of all components sum to it within atol.")},
     )
     assert record.holds, record.describe()

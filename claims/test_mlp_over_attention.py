@@ -23,7 +23,9 @@ def _figures(lab, prompt_set, method):
         f"{site} {method} patching: effect (patched - corrupted), layer x position":
             (lambda site=site: heatmap(lab.effects(lab.patch(prompt_set, site, method)).mean(-1),
                                        title=f"{site} ({method} patching)", xlabel="position", ylabel="layer",
-                                       xticklabels=tokens, colorbar_label="patched - corrupted logit diff"))
+                                       xticklabels=tokens, colorbar_label="patched - corrupted logit diff"),
+             "If the claim holds, the mlp_out map has larger effects (darker cells; compare the colour bar "
+             "ranges) than the attn_out map.")
         for site in ("attn_out", "mlp_out")
     }
     attribution = lab.layer_attribution(prompt_set)

@@ -19,9 +19,11 @@ STATEMENT = "Named heads matter: each head the spec names is in the top-k heads,
 
 
 def _heatmap(values, title, heads, label):
-    return lambda: heatmap(values, title=title, xlabel="head", ylabel="layer", colorbar_label=label,
-                           xticklabels=[str(h) for h in range(values.shape[1])],
-                           highlight=[(h.layer, h.index) for h in heads])
+    return (lambda: heatmap(values, title=title, xlabel="head", ylabel="layer", colorbar_label=label,
+                            xticklabels=[str(h) for h in range(values.shape[1])],
+                            highlight=[(h.layer, h.index) for h in heads]),
+            "If the claim holds, the boxed (named) heads are among the darkest cells, blue for a head named "
+            "positive and red for one named negative.")
 
 
 def _figures(lab, prompt_set, heads):

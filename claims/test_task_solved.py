@@ -27,7 +27,9 @@ def test_clean_and_corrupted_logit_differences_differ(model, lab, claim, evidenc
         threshold=f"{separation.level:.0%} CI excludes 0", holds=bool(separation.excludes(0)),
         prompt_set=prompt_set,
         figures={"Logit lens: logit difference of the accumulated residual stream (clean prompts, mean)":
-                 lambda: line_figure(lens.mean, title="Logit lens (final position)", xlabel="residual stream",
-                                     ylabel="logit difference", xticklabels=list(lens.labels))},
+                 (lambda: line_figure(lens.mean, title="Logit lens (final position)", xlabel="residual stream",
+                                     ylabel="logit difference", xticklabels=list(lens.labels)),
+                  "If the claim holds, the last point (the model's logit difference, correct - incorrect "
+                  "answer) lies clearly above 0; where the line rises shows which blocks compute the answer.")},
     )
     assert record.holds, record.describe()

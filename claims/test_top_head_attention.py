@@ -27,9 +27,11 @@ def _figures(lab, prompt_set, heads):
         return {}
     batch = lab.inputs(prompt_set)[0]
     patterns = head_patterns(lab.model, batch, heads, cache=lab.run(prompt_set)[1])
-    return {"Attention patterns of the top heads (first prompt)": lambda: attention_figure(
+    return {"Attention patterns of the top heads (first prompt)": (lambda: attention_figure(
         patterns.patterns[:, 0], head_labels=list(patterns.labels), tokens=list(patterns.str_tokens[0]),
-        title="Top heads by |z patching|: attention patterns, first prompt")}
+        title="Top heads by |z patching|: attention patterns, first prompt"),
+        "Rows are query tokens, columns key tokens. If the claim holds, late top heads put most attention on "
+        "the first (BOS) column, and early top heads spread theirs over the prompt's tokens.")}
 
 
 @pytest.mark.claim(id="top-head-attention", statement=STATEMENT)

@@ -24,7 +24,8 @@ def _figures(lab, prompt_set):
     return {
         f"{name} patching vs z patching, per head": (
             lambda x=x, name=name: scatter_figure(z, x, title=f"{name} vs z patching", labels=labels,
-                                                  xlabel="z patching effect", ylabel=f"{name} patching effect"))
+                                                  xlabel="z patching effect", ylabel=f"{name} patching effect"),
+            "One point per head. If the claim holds, the v + pattern points lie on the dashed y = x line.")
         for name, x in (("v", v), ("pattern", pattern), ("v + pattern", v + pattern))
     }
 

@@ -5,16 +5,29 @@ from __future__ import annotations
 from pathlib import Path
 
 from circuit.evidence import ClaimEvidence, record_to_dict
-from fixtures.claims_html import evidence_html, summary_html, verdict
+from fixtures.claims_html import evidence_html, summary_html, threshold_value, verdict
 from fixtures.claims_session import ClaimsSession
 
 
 def test_a_claim_fails_if_any_of_its_tests_fails_and_errors_are_not_verdicts():
     assert verdict(["passed", "passed"]) == "passed (2 tests)"
-    assert verdict(["passed", "failed", "skipped"]) == "failed (1 of 2 tests)"
+    assert verdict(["passed", "failed", "skipped"]) == "failed (1 of 2 tests), 1 skipped"
     assert verdict(["passed", "error"]) == "passed (1 test), 1 errored"
     assert verdict(["error", "error"]) == "error (2)"
     assert verdict(["skipped"]) == "skipped"
+
+
+def test_a_claim_whose_tests_were_partly_skipped_does_not_read_as_passed():
+    assert verdict(["passed", "skipped", "skipped"]) == "partly tested: 1 of 3 tests passed, 2 skipped"
+
+
+def test_the_threshold_mark_is_the_number_the_rule_compares_with():
+    assert threshold_value("CI low >= 0.8") == 0.8
+    assert threshold_value("CI high <= top_k = 4") == 4.0
+    assert threshold_value("CI high <= atol[float32] = 1e-05") == 1e-05
+    assert threshold_value("95% CI excludes 0") == 0.0
+    assert threshold_value("CI low >= 0.8 (0.9667 interval per set (one-sided 0.0167; family-wise 0.05))") == 0.8
+    assert threshold_value("rule") is None
 
 
 def test_the_summary_states_the_partial_run_and_escapes_what_it_shows(tmp_path: Path):
@@ -23,9 +36,17 @@ def test_the_summary_states_the_partial_run_and_escapes_what_it_shows(tmp_path: 
                           reports=tmp_path, runs_claims=True, collect_only=False, worker=False)
     record = ClaimEvidence(claim_id="c<1>", test="test_a", statistic="s", estimate=0.5, outcome="failed",
                            statement="A & B", dtype="float32", device="cpu")
-    state.records["n"] = {"model": "m", "evidence": record_to_dict(record)}
+    state.records["n"] = {"nodeid": "n", "model": "m", "test": "test_a", "evidence": record_to_dict(record)}
     html = summary_html(state, ["partial run: 1 of 15 claim tests"])
     assert "<p class='claims-note'>partial run: 1 of 15 claim tests</p>" in html
     assert "c&lt;1&gt;" in html and "failed (1 of 1 test)" in html
-    table = evidence_html("m", record, {"figure": "<img>"})
+    table = evidence_html(state.records["n"], record, {"figure": "<img>"})
     assert "A &amp; B" in table and "float32 / cpu" in table and table.endswith("<img></div>")
+
+
+def test_a_baseline_regression_explains_why_a_rule_that_holds_failed(tmp_path: Path):
+    record = ClaimEvidence(claim_id="c", test="test_a", statistic="s", estimate=0.5, threshold="CI low >= 0.1",
+                           holds=True, tolerance=0.1, outcome="failed", note="moved")
+    html = evidence_html({"model": "m", "baseline": "regression", "baseline_estimate": 0.8}, record, {})
+    assert "holds on this run, but its statistic moved from the baseline" in html
+    assert "moved by -0.3 (baseline 0.8), tolerance 0.1" in html

@@ -12,6 +12,7 @@ from circuit.report import (
     attention_figure,
     figure_html,
     figure_png,
+    forest_figure,
     heads_of,
     heatmap,
     line_figure,
@@ -35,6 +36,14 @@ FIGURES = {
                                       labels=[f"L0H{i}" for i in range(8)]),
     "attention": lambda: attention_figure(torch.softmax(torch.randn(2, 4, 4), -1), head_labels=["L0H1", "L1H0"],
                                           tokens=["<bos>", "1", " x", "2"], title="t"),
+    "forest": lambda: forest_figure([
+        {"label": "test_a · m", "estimate": 0.9, "low": 0.85, "high": 0.95, "threshold": 0.8, "outcome": "passed"},
+        {"label": "test_b · m", "estimate": 3.0, "low": 1.0, "high": 5.0, "threshold": 4.0, "outcome": "failed"},
+        {"label": "test_c · m", "estimate": 1e-6, "low": None, "high": None, "threshold": None, "outcome": "passed"}]),
+    # a colour bar label longer than its axis is high: the issue's cut "(patched - corrupted) / (clean - co"
+    "short heatmap, long colorbar label": lambda: heatmap(
+        torch.randn(2, 3), title="t", xlabel="position", ylabel="layer", xticklabels=["<bos>", "12", " ="],
+        colorbar_label="(patched - corrupted) / (clean - corrupted)"),
 }
 
 
@@ -73,3 +82,51 @@ def test_summary_table_is_claims_by_models():
 
 def test_heads_of_orders_by_magnitude():
     assert heads_of(torch.tensor([[0.1, -3.0], [2.0, 0.0]]), 2) == [(0, 1), (1, 0)]
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_the_saved_image_contains_every_text_of_the_figure(name):
+    """No label is cut: the PNG ``figure_png`` saves spans every visible text artist's box (in the figure's
+    pixels, the saved image's origin is the tight box's corner, as ``savefig(bbox_inches="tight")`` sets it)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    fig = FIGURES[name]()
+    png = Image.open(io.BytesIO(figure_png(fig)))
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    # where the saved image lies in the drawn figure: its size from the PNG, centred on the tight box
+    tight = fig.get_tightbbox(renderer).transformed(fig.dpi_scale_trans)  # inches -> pixels
+    x0 = tight.x0 - (png.size[0] - tight.width) / 2
+    y0 = tight.y0 - (png.size[1] - tight.height) / 2
+    if all(abs(a - b) <= 1 for a, b in zip(png.size, fig.bbox.size)):  # saved whole: the image is the figure
+        x0 = y0 = 0
+    ticks, drawn_ticks = set(), []
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            for tick in axis.get_major_ticks():
+                ticks |= {tick.label1, tick.label2}
+                if lo - 1e-9 <= tick.get_loc() <= hi + 1e-9:  # matplotlib draws only the ticks in range
+                    drawn_ticks += [tick.label1, tick.label2]
+    texts = [t for t in fig.findobj(Text) if t not in ticks] + drawn_ticks
+    texts = [t for t in texts if t.get_visible() and t.get_text().strip()]
+    assert texts
+    for text in texts:
+        box = text.get_window_extent(renderer)
+        inside = (box.x0 >= x0 - 1 and box.y0 >= y0 - 1 and box.x1 <= x0 + png.size[0] + 1
+                  and box.y1 <= y0 + png.size[1] + 1)
+        assert inside, (f"{name}: text {text.get_text()!r} at {box.bounds} lies outside the saved image "
+                        f"({x0:.0f}, {y0:.0f}, {png.size[0]} x {png.size[1]} px)")
+
+
+def test_the_forest_plot_has_a_panel_per_claim_test_with_its_interval_threshold_and_verdict_colour():
+    fig = FIGURES["forest"]()
+    panels = [ax for ax in fig.axes if ax.get_yticklabels()]
+    assert [ax.get_yticklabels()[0].get_text() for ax in panels] == ["test_a · m", "test_b · m", "test_c · m"]
+    lines = panels[1].get_lines()
+    bar = next(line for line in lines if line.get_linewidth() == 5)
+    assert list(bar.get_xdata()) == [1.0, 5.0] and bar.get_color() == "#cf222e"  # failed: red
+    assert [line.get_xdata()[0] for line in lines if line.get_linestyle() == "--"] == [4.0]
+    assert not [line for line in panels[2].get_lines() if line.get_linewidth() == 5]  # no interval: no bar

@@ -9,6 +9,7 @@ image, the claims x models table must be there, and nothing may be fetched from 
 from __future__ import annotations
 
 import base64
+import html as html_lib
 import io
 import os
 import re
@@ -44,8 +45,10 @@ tolerance = 1e-4
 [claims.named-heads]
 top_k = 4
 tolerance = 2
-heads = [{ head = "L1H0", sign = "positive", by = ["z_patching", "attribution"] }]
+heads = [{ head = "L1H0", sign = "any", by = ["z_patching", "attribution"] }]
 """
+"""named-heads states no sign (its sign test skips: the claim is partly tested); top-head-attention is not
+stated (both its tests skip)."""
 
 
 def images(html: str) -> list[Image.Image]:
@@ -66,7 +69,7 @@ def report(tmp_path_factory) -> Path:
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp", str(tmp / "bt"),
                "--claims-reports", str(reports), "--claims-spec", str(tmp / "spec.toml"), "--model",
                "test-qwen2-2l", str(ROOT / "claims" / "test_attribution_completeness.py"),
-               str(ROOT / "claims" / "test_named_heads.py")]
+               str(ROOT / "claims" / "test_named_heads.py"), str(ROOT / "claims" / "test_top_head_attention.py")]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     path = reports / "claims-partial.html"  # two claim files of the suite: a partial run
@@ -82,7 +85,60 @@ def test_the_report_is_written_by_default_and_self_contained(report):
     resources += re.findall(r'(?:url\(|@import\s+)["\']?(https?:[^"\')]*)', html)
     assert resources == [], f"the report fetches {resources}"
     assert not re.search(r'<link[^>]+rel="stylesheet"[^>]+href="(?!data:)', html), "CSS is not inlined"
-    assert "partial run: 4 of 15 claim tests" in html and "<title id=\"head-title\">Claims report</title>" in html
+    assert "partial run: 6 of 15 claim tests" in html and "<title id=\"head-title\">Claims report</title>" in html
+
+
+def test_the_summary_comes_first_with_the_forest_plot_a_table_per_claim_and_skipped_tests_folded(report):
+    html = report.read_text()  # the per-test rows are a JSON blob in an attribute: compare escaped text
+    summary = html.index("Claims at a glance")
+    forest = html.index('alt="Forest plot of every claim test"')
+    assert summary < forest < html.index("data-jsonblob"), "the summary figure is not before the per-test rows"
+    figure = re.search(r'alt="Forest plot[^>]*src="data:image/png;base64,([^"]+)"', html)[1]
+    assert not blank(Image.open(io.BytesIO(base64.b64decode(figure))).convert("L"))
+    tables = re.findall(r"<section class='claim-summary'><h3><code>([^<]*)</code> — ([^<]*<b>[^<]*</b>)", html)
+    assert [claim for claim, _ in tables] == ["attribution-completeness", "named-heads", "top-head-attention"]
+    verdicts = dict(tables)
+    assert re.search(r"<b>(partly tested: 2 of 3 tests passed, 1 skipped|failed \(\d of 2 tests\), 1 skipped)</b>",
+                     verdicts["named-heads"]), verdicts["named-heads"]
+    assert verdicts["top-head-attention"].endswith("<b>skipped</b>")
+    assert html.count("<tr><td><code>test_") == 3  # one row per judged test: 1 + 2
+    folded = re.findall(r"<details class='claim-skipped'><summary>skipped: (\w+) on test-qwen2-2l — ([^<]*)</summary>",
+                        html)
+    assert sorted(test for test, _ in folded) == ["test_early_top_heads_attend_uniformly",
+                                                  "test_late_top_heads_attend_to_bos",
+                                                  "test_named_heads_have_their_stated_sign"]
+    assert all("not stated in spec" in why or "states no head's sign" in why
+               for why in (html_lib.unescape(w) for _, w in folded)), folded
+
+
+def test_every_prompt_set_tried_is_listed_with_the_one_the_figures_show(report):
+    from hypothesis import settings
+
+    from fixtures.plugin import register_hypothesis_profiles
+
+    register_hypothesis_profiles()
+    examples = settings.get_profile("ci").max_examples
+    rows = html_lib.unescape(report.read_text())
+    tried = [int(n) for n in re.findall(r"Prompt sets hypothesis tried: (\d+)", rows)]
+    assert len(tried) == 3 and all(1 <= n <= examples for n in tried), tried
+    held = re.findall(r"<td>(\d+) / (\d+)</td>", report.read_text())
+    assert sorted(int(n) for _, n in held) == sorted(tried)
+    assert rows.count(" (shown)</td>") == 3 and "<th>corrupted prompt</th>" in rows and "<b>incorrect</b>" in rows
+    assert rows.count("If the claim holds") >= 3, "figures without a caption saying what to look for"
+
+
+def test_the_environment_names_model_spec_versions_machine_and_run_time_and_no_progress_bar(report):
+    html = report.read_text()
+    environment = dict(re.findall(r"<tr><th>([^<]+)</th><td>([^<]*)</td></tr>",
+                                  html[html.index("Environment of this run"):]))
+    for key in ("model test-qwen2-2l", "hypothesis profile", "hypothesis", "torch", "transformers", "transformer-lens", "machine",
+                "run time"):
+        assert environment.get(key), f"the environment has no {key!r}: {sorted(environment)}"
+    assert "spec.toml (sha256 " in environment["model test-qwen2-2l"]
+    assert "dtype float32; device cpu" in environment["model test-qwen2-2l"]
+    assert environment["hypothesis profile"].startswith("ci, max_examples 3, seed 0")
+    text = html_lib.unescape(html)
+    assert "Loading weights" not in text and not re.search(r"\d+it/s\]|\d+%\|", text), "a progress bar"
 
 
 def test_the_report_renders_in_chromium_with_visible_figures(report, tmp_path):
@@ -91,7 +147,7 @@ def test_the_report_renders_in_chromium_with_visible_figures(report, tmp_path):
     url = f"{report.as_uri()}?collapsed="  # expand every row, so figures are laid out
     common = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
-    assert "Claims &times; models" in dom or "Claims × models" in dom, "the summary table is missing"
+    assert "Claims at a glance" in dom, "the summary is missing"
     assert "attribution-completeness" in dom and "named-heads" in dom
     rendered = images(dom)
     assert len(rendered) >= 3, f"only {len(rendered)} figures in the rendered page"
