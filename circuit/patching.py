@@ -459,6 +459,14 @@ def _cell_bytes(model: Any, batch: int, n_pos: int, logits: bool) -> int:
     return 4 * batch * n_pos * per_token
 
 
+def _memory_budget_mb(device: torch.device) -> float:
+    """Memory for one batched forward: half of what a CUDA device has free, 1024 MB on other devices."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(256.0, free / 2**20 / 2)
+    return 1024.0
+
+
 def _fast_arithmetic(model: Any, clean_tokens: Tensor, corrupted_tokens: Tensor
                      ) -> tuple[fwd.BlockArithmetic | None, Cache, Cache, str]:
     """The fast engine's arithmetic and caches, or ``None`` (and why) where the generic path must run."""
@@ -484,7 +492,7 @@ def activation_patch(
     site: str,
     *,
     chunk_size: int | None = None,
-    max_memory_mb: float = 1024.0,
+    max_memory_mb: float | None = None,
     progress: bool = False,
     skip_unchanged: bool = True,
     method: str = "auto",
@@ -503,7 +511,8 @@ def activation_patch(
             fast engine compute only the logits it reads.
         site: one of ``SITES``.
         chunk_size: cells per batched forward (default: as many as ``max_memory_mb`` allows).
-        max_memory_mb: the memory bound used to choose ``chunk_size``.
+        max_memory_mb: the memory bound used to choose ``chunk_size`` (default: half the free memory of a
+            CUDA device, so that a GPU runs many cells per forward; 1024 MB elsewhere).
         progress: show a tqdm progress bar over cells.
         skip_unchanged: cells whose clean activation equals the corrupted one (e.g. the BOS position) are
             not run: their value is the corrupted baseline. ``False`` runs them anyway (a canary).
@@ -532,7 +541,8 @@ def activation_patch(
     batch, n_pos = clean_tokens.shape
     if chunk_size is None:
         per_cell = _cell_bytes(model, batch, n_pos, logits=arith is None)
-        chunk_size = max(1, int(max_memory_mb * 2**20 // per_cell))
+        budget = _memory_budget_mb(clean_tokens.device) if max_memory_mb is None else max_memory_mb
+        chunk_size = max(1, int(budget * 2**20 // per_cell))
     sweep = _fast_sweep if arith is not None else _hook_sweep
     out = sweep(model, arith, spec, clean, corr, corrupted_tokens, metric, corr_metric, chunk_size, progress,
                 skip_unchanged)

@@ -223,13 +223,16 @@ def forest_figure(rows: Sequence[Mapping], *, title: str = "Every claim test: st
     fig.suptitle(title, fontsize=11)
     for ax, row in zip(axes, rows):
         colour = VERDICT_COLOURS.get(row["outcome"], "#57606a")
-        estimate, low, high, threshold = (row.get(k) for k in ("estimate", "low", "high", "threshold"))
-        points = [v for v in (estimate, low, high, threshold) if v is not None and np.isfinite(v)]
-        if low is not None and high is not None and np.isfinite(low) and np.isfinite(high):
+        estimate, low, high, threshold = (_finite(row.get(k)) for k in ("estimate", "low", "high", "threshold"))
+        points = [v for v in (estimate, low, high, threshold) if v is not None]
+        if low is not None and high is not None:
             ax.plot([low, high], [0, 0], color=colour, linewidth=5, solid_capstyle="butt", alpha=0.6)
-        if estimate is not None and np.isfinite(estimate):
+        if estimate is not None:
             ax.plot([estimate], [0], "o", color=colour, markersize=6)
-        if threshold is not None and np.isfinite(threshold):
+        else:
+            ax.text(0.5, 0, "no finite statistic", transform=ax.get_yaxis_transform(), ha="center", va="center",
+                    fontsize=8, color=colour)
+        if threshold is not None:
             ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2)
         if points:
             lo, hi = min(points), max(points)
@@ -246,6 +249,15 @@ def forest_figure(rows: Sequence[Mapping], *, title: str = "Every claim test: st
               Line2D([], [], color="black", linestyle="--", label="threshold")]
     fig.legend(handles=legend, loc="outside lower center", ncols=4, fontsize=8, frameon=False)
     return fig
+
+
+def _finite(value: object) -> float | None:
+    """``value`` as a finite float, or None (None, NaN, infinities, the strings JSON keeps them as)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
 
 
 _COLOURS = {**VERDICT_COLOURS, "error": "#cf222e"}

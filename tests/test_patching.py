@@ -394,3 +394,24 @@ def test_a_metric_whose_reads_depend_on_the_input_is_caught(test_models):
         ours = activation_patch(loaded.bridge, clean, corrupted, top_logit, "resid_pre")
     exact = reference_activation_patch(loaded.bridge, clean, corrupted, top_logit, "resid_pre")
     assert (ours.per_prompt - exact.per_prompt).abs().max() <= TOLERANCE
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the GPU comparison runs where there is one")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("name", ["test-qwen2-3l", "test-gemma2", "test-gpt-neox"])
+def test_on_cuda_both_exact_paths_equal_the_naive_loop(test_model_folder, name, dtype):
+    """The same comparisons on a GPU, with the chunk size that follows free GPU memory (many cells a forward)."""
+    from circuit.models import load_model
+
+    loaded = load_model(test_model_folder(name), device="cuda", dtype=dtype, with_hf_reference=False)
+    clean, corrupted, metric = _fixed_inputs(loaded, n=4, seed=47)
+    tolerance = TOLERANCE if dtype == "float32" else 5e-2
+    for site in SITES:
+        exact = reference_activation_patch(loaded.bridge, clean, corrupted, metric, site)
+        for method in ("activation", "hooks"):
+            ours = activation_patch(loaded.bridge, clean, corrupted, metric, site, method=method)
+            assert ours.method == method
+            scale = max(1.0, float(exact.mean.abs().max()))
+            assert (ours.mean.cpu() - exact.mean.cpu()).abs().max() <= tolerance * scale, _diff_report(
+                ours.mean.cpu(), exact.mean.cpu(), f"{name} {dtype} {site} {method} on cuda")

@@ -39,7 +39,9 @@ FIGURES = {
     "forest": lambda: forest_figure([
         {"label": "test_a · m", "estimate": 0.9, "low": 0.85, "high": 0.95, "threshold": 0.8, "outcome": "passed"},
         {"label": "test_b · m", "estimate": 3.0, "low": 1.0, "high": 5.0, "threshold": 4.0, "outcome": "failed"},
-        {"label": "test_c · m", "estimate": 1e-6, "low": None, "high": None, "threshold": None, "outcome": "passed"}]),
+        {"label": "test_c · m", "estimate": 1e-6, "low": None, "high": None, "threshold": None, "outcome": "passed"},
+        {"label": "test_d · m", "estimate": "NaN", "low": float("nan"), "high": None, "threshold": 1.0,
+         "outcome": "failed"}]),
     # a colour bar label longer than its axis is high: the cut "(patched - corrupted) / (clean - co"
     "short heatmap, long colorbar label": lambda: heatmap(
         torch.randn(2, 3), title="t", xlabel="position", ylabel="layer", xticklabels=["<bos>", "12", " ="],
@@ -124,7 +126,8 @@ def test_the_saved_image_contains_every_text_of_the_figure(name):
 def test_the_forest_plot_has_a_panel_per_claim_test_with_its_interval_threshold_and_verdict_colour():
     fig = FIGURES["forest"]()
     panels = [ax for ax in fig.axes if ax.get_yticklabels()]
-    assert [ax.get_yticklabels()[0].get_text() for ax in panels] == ["test_a · m", "test_b · m", "test_c · m"]
+    assert [ax.get_yticklabels()[0].get_text() for ax in panels] == ["test_a · m", "test_b · m", "test_c · m",
+                                                                       "test_d · m"]
     lines = panels[1].get_lines()
     bar = next(line for line in lines if line.get_linewidth() == 5)
     assert list(bar.get_xdata()) == [1.0, 5.0] and bar.get_color() == "#cf222e"  # failed: red
