@@ -81,9 +81,41 @@ def bootstrap_resamples(values: Float[Tensor, "... batch"], n_resamples: int, se
         raise TooFewPromptsError("Cannot bootstrap over zero prompts.")
     if n_resamples < 1:
         raise ValueError(f"n_resamples={n_resamples}: draw at least one resample (1000 or more is sensible).")
-    generator = torch.Generator().manual_seed(seed)
-    index = torch.randint(0, batch, (n_resamples, batch), generator=generator).to(values.device)
+    index = _resample_index(batch, n_resamples, seed).to(values.device)
     return values[..., index].movedim(-2, 0)
+
+
+def _resample_index(batch: int, n_resamples: int, seed: int) -> Tensor:
+    """``[resample, batch]``: which prompt each resample draws at each of its places (seeded)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, batch, (n_resamples, batch), generator=generator)
+
+
+def _resampled_means(values: Float[Tensor, "... batch"], n_resamples: int, seed: int) -> Float[Tensor, "resample ..."]:
+    """The mean of each resample of :func:`bootstrap_resamples`, as one product with the resamples' counts
+    (the same numbers, without materializing ``n_resamples`` copies of the values)."""
+    batch = values.shape[-1]
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples={n_resamples}: draw at least one resample (1000 or more is sensible).")
+    index = _resample_index(batch, n_resamples, seed)
+    counts = torch.zeros(n_resamples, batch, dtype=values.dtype).scatter_add_(
+        1, index, torch.ones(n_resamples, batch, dtype=values.dtype)).to(values.device)
+    return (values @ counts.T / batch).movedim(-1, 0)
+
+
+def _quantile(x: Tensor, q: float) -> Tensor:
+    """``torch.quantile(x, q, dim=0)`` (linear interpolation), from two order statistics instead of a sort."""
+    n = x.shape[0]
+    position = q * (n - 1)
+    below = min(int(position), n - 2) if n > 1 else 0
+    frac = position - below
+    if below + 2 <= n - below:  # near the low end: the smallest below + 2 values
+        ends = x.topk(min(below + 2, n), dim=0, largest=False, sorted=True).values
+        lower, upper = ends[below], ends[min(below + 1, n - 1)]
+    else:  # near the high end: the largest n - below values, counted from the top
+        ends = x.topk(n - below, dim=0, largest=True, sorted=True).values
+        lower, upper = ends[n - below - 1], ends[max(n - below - 2, 0)]
+    return torch.lerp(lower, upper, torch.full_like(lower, frac))
 
 
 def bootstrap_ci(
@@ -114,9 +146,11 @@ def bootstrap_ci(
     stat = statistic or (lambda x: x.mean(-1))
     estimate = stat(values)
     check_finite(estimate, "The statistic of the values is")
-    resampled = stat(bootstrap_resamples(values, n_resamples, seed))
+    if statistic is None:
+        resampled = _resampled_means(values, n_resamples, seed)
+    else:
+        resampled = stat(bootstrap_resamples(values, n_resamples, seed))
     check_finite(resampled, f"The statistic of the {n_resamples} bootstrap resamples is")
     alpha = (1 - level) / 2
-    low = torch.quantile(resampled, alpha, dim=0)
-    high = torch.quantile(resampled, 1 - alpha, dim=0)
+    low, high = _quantile(resampled, alpha), _quantile(resampled, 1 - alpha)
     return Interval(estimate, low, high, level)

@@ -76,3 +76,20 @@ def test_level_and_resamples_are_checked():
         bootstrap_ci(torch.arange(6.0), level=1.5)
     with pytest.raises(ValueError, match="n_resamples=0"):
         bootstrap_ci(torch.arange(6.0), n_resamples=0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 1001])
+def test_the_quantiles_are_torch_quantile_from_two_order_statistics(n):
+    from circuit.stats import _quantile
+
+    x = torch.randn(n, 5, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    for q in (0.0, 0.001, 0.025, 0.3, 0.5, 0.975, 0.999, 1.0):
+        assert torch.equal(_quantile(x, q), torch.quantile(x, q, dim=0)), (n, q)
+
+
+def test_the_mean_of_resamples_is_the_mean_of_bootstrap_resamples():
+    from circuit.stats import _resampled_means
+
+    values = torch.randn(3, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = bootstrap_resamples(values, 500, seed=4).mean(-1)
+    torch.testing.assert_close(_resampled_means(values, 500, seed=4), expected, rtol=0, atol=1e-12)
