@@ -18,6 +18,7 @@ Layout of a spec file::
     level = 0.95
     n_resamples = 1000
     min_prompts = 5             # optional: intervals over fewer distinct prompts are refused
+    family_level = 0.05         # optional: family-wise error rate of a claim test over its prompt sets
     [prompts]                   # which prompt sets the claims are tested on
     ...
     [claims.named-heads]        # one table per stated claim, fields as in the dataclasses below
@@ -150,6 +151,11 @@ class StatisticsSpec:
     min_prompts: int = 5
     """Fewest distinct prompts an interval is computed over (at least 2; fewer are refused, and [prompts]
     min_size must be at least this)."""
+    family_level: float = 0.05
+    """Family-wise error rate of one claim test (between 0 and 1, e.g. 0.05): the largest chance that a claim
+    which truly holds is declared false on any of the prompt sets the hypothesis profile draws. Each of
+    ``n`` sets is judged on its ``1 - 2 * family_level / n`` interval (Bonferroni, ``circuit.decision``);
+    ``level`` stays the level of intervals that decide nothing (preconditions, figures, tolerances)."""
 
 
 @dataclass(frozen=True)
@@ -420,6 +426,9 @@ def _check_values(spec: Spec) -> None:
         raise _fail(path, "model.match", "must name at least one model.")
     if not 0 < spec.statistics.level < 1:
         raise _fail(path, "statistics.level", f"must be between 0 and 1, got {spec.statistics.level}.")
+    if not 0 < spec.statistics.family_level < 1:
+        raise _fail(path, "statistics.family_level", f"must be between 0 and 1 (e.g. 0.05), got "
+                    f"{spec.statistics.family_level}.")
     if spec.statistics.n_resamples < 100:
         raise _fail(path, "statistics.n_resamples", f"must be at least 100, got {spec.statistics.n_resamples}.")
     least = spec.statistics.min_prompts

@@ -169,3 +169,12 @@ def test_parse_head():
     assert parse_head("L23H1") == (23, 1)
     with pytest.raises(ValueError, match="not a head label"):
         parse_head("23.1")
+
+
+def test_the_family_wise_level_defaults_to_5_percent_and_is_validated(tmp_path):
+    assert load_spec(write(tmp_path, MINIMAL)).statistics.family_level == 0.05
+    spec = load_spec(write(tmp_path, MINIMAL.replace("n_resamples = 200", "n_resamples = 200\nfamily_level = 0.01")))
+    assert spec.statistics.family_level == 0.01
+    with pytest.raises(SpecError, match=r"\[statistics\.family_level\] must be between 0 and 1 \(e\.g\. 0\.05\), "
+                                        r"got 1\.5"):
+        load_spec(write(tmp_path, MINIMAL.replace("n_resamples = 200", "n_resamples = 200\nfamily_level = 1.5")))
