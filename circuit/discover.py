@@ -5,12 +5,16 @@ and MLP patching, per-head z / value / pattern patching, direct logit attributio
 on a few prompt sets drawn, deterministically, from the same distribution the claims draw from, and writes a
 TOML spec (``circuit.spec``) that states what holds on *every* measured set, with margins:
 
-- thresholds sit outside the measured confidence intervals by a margin (a lower bound is floored to
-  ``grid`` below the smallest CI low minus ``margin``; an upper bound is ceiled likewise), so that a
-  re-run on other prompts of the same distribution passes while a real change of the circuit fails;
+- thresholds are drafted with the claims' own rule (``circuit.decision``) at the level a claim test is
+  judged at under the most demanding profile (``n_sets`` sets, Bonferroni at the spec's family-wise
+  level): a lower bound is floored to ``grid`` below the smallest per-set CI low minus ``margin`` (an upper
+  bound is ceiled likewise), so the claim's statistic lies beyond its threshold on every measured set even
+  at that level, and a re-run on other prompts of the same distribution passes at the stated rate, while a
+  real change of the circuit fails;
 - a claim whose statistic does not hold on the measured sets is *not stated*; the draft says why, with
   the numbers, in a comment (a claim the model does not support is not a regression test);
-- each claim's baseline ``tolerance`` is half the median width of its statistic's measured CIs.
+- each claim's baseline ``tolerance`` is half the median width of its statistic's measured CIs (at the
+  spec's ``level``, 95%).
 
 The same statistics as the claims are used (``circuit.lab.Lab``), so a spec written here is judged by the
 claims exactly as it was measured. Review the draft before shipping it: discovery finds, a researcher
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from circuit.decision import FamilyWise, Rule
 from circuit.spec import (
     AttributionCompletenessClaim,
     FinalTokenLocalizationClaim,
@@ -41,7 +46,7 @@ from circuit.spec import (
     ValuePlusPatternClaim,
 )
 
-__all__ = ["DiscoveryOptions", "discover", "draw_prompt_sets", "render_spec", "main"]
+__all__ = ["DiscoveryOptions", "discover", "draft_rule", "draw_prompt_sets", "render_spec", "main"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,9 @@ class DiscoveryOptions:
     statistics: StatisticsSpec = StatisticsSpec(level=0.95, n_resamples=1000)
     n_prompt_sets: int = 5
     """Prompt sets measured; thresholds hold on all of them."""
+    n_sets: int = 50
+    """Prompt sets a claim test is judged on under the most demanding profile (hypothesis' ``thorough``:
+    ``max_examples=50``): thresholds and what is stated are judged at its per-set level."""
     n_heads_named: int = 3
     """How many of the top heads (by |z patching|) the draft names."""
     margin: float = 0.15
@@ -83,6 +91,21 @@ def _floor(x: float, grid: float) -> float:
 
 def _ceil(x: float, grid: float) -> float:
     return round(math.ceil(x / grid - 1e-9) * grid, 6)
+
+
+def draft_rule(kind: str, intervals: Sequence[Any], margin: float, grid: float, name: str = "") -> Any:
+    """The claims' ``Rule(kind, threshold)`` with the threshold ``margin`` beyond the near end of every
+    measured interval (below the lowest CI low for ``>=``, above the highest CI high for ``<=``), rounded
+    outward to ``grid``; checked to hold on every interval, with its margin."""
+
+    if kind in (">=", ">"):
+        threshold = _floor(min(float(i.low) for i in intervals) - margin, grid)
+    else:
+        threshold = _ceil(max(float(i.high) for i in intervals) + margin, grid)
+    rule = Rule(kind, threshold, name)
+    if not all(rule.holds(i) for i in intervals):  # cannot happen: the far end lies beyond the near end
+        raise AssertionError(f"drafted {rule.text} does not hold on a measured set")
+    return rule
 
 
 def draw_prompt_sets(lab: Any, n: int, *, seed: int = 0, max_tries: int = 10_000) -> list[Any]:
@@ -142,7 +165,9 @@ def discover(model: Any, options: DiscoveryOptions, *, match: Sequence[str]) -> 
     n_layers, n_heads = cfg.n_layers, cfg.n_heads
     base = Spec(path=Path("<discovery>"), model=ModelSpec(match=tuple(match), n_layers=n_layers, n_heads=n_heads),
                 statistics=options.statistics, prompts=options.prompts, claims={})
-    lab = Lab(model, base)
+    spread = Lab(model, base)  # the spec's level: tolerances (the baselines' noise)
+    scheme = FamilyWise(options.statistics.family_level, options.n_sets)
+    lab = spread.at(level=scheme.level, n_resamples=scheme.n_resamples(options.statistics.n_resamples))
     sets = draw_prompt_sets(lab, options.n_prompt_sets)
     g, m = options.grid, options.margin
     claims: dict[str, Any] = {
@@ -152,12 +177,12 @@ def discover(model: Any, options: DiscoveryOptions, *, match: Sequence[str]) -> 
     notes: dict[str, str] = {}
 
     separations = [lab.task_separation(ps) for ps in sets]
-    if not all(bool(s.excludes(0)) for s in separations):
+    if not all(Rule("excludes", 0).holds(s) for s in separations):
         notes["task-solved"] = f"not stated: clean - corrupted = {[str(s) for s in separations]}"
         for claim_id in ("final-token-localization", "mlp-over-attention", "named-heads", "value-plus-pattern"):
             notes[claim_id] = "not stated: not measured, the task is not solved (see task-solved)"
         return Draft(_with(base, claims), notes)
-    claims["task-solved"] = TaskSolvedClaim(tolerance=_ceil(width_of(separations), g))
+    claims["task-solved"] = TaskSolvedClaim(tolerance=_ceil(width_of([spread.task_separation(ps) for ps in sets]), g))
 
     late = next((layer for layer in range(n_layers)
                  if all(float(lab.final_recovery(ps, layer).low) >= options.min_recovery
@@ -171,21 +196,32 @@ def discover(model: Any, options: DiscoveryOptions, *, match: Sequence[str]) -> 
         finals = [lab.final_recovery(ps, late) for ps in sets]
         others = [lab.other_recovery(ps, late) for ps in sets]
         claims["final-token-localization"] = FinalTokenLocalizationClaim(
-            tolerance=_ceil(width_of(finals), g), late_from_layer=late,
-            min_recovery=_floor(min(float(f.low) for f in finals) - m, g),
-            max_other_recovery=_ceil(max(float(o.high) for o in others) + m, g))
+            tolerance=_ceil(width_of([spread.final_recovery(ps, late) for ps in sets]), g), late_from_layer=late,
+            min_recovery=draft_rule(">=", finals, m, g).threshold,
+            max_other_recovery=draft_rule("<=", others, m, g).threshold)
 
     from_layer = 0 if late is None else late
-    ratios = [lab.mlp_attention_ratio(ps, method, from_layer) for ps in sets for method in ("activation", "attribution")]
-    lowest = min(float(r.low) for r in ratios)
-    if lowest > 1.0:
+    from circuit.stats import NonFiniteError
+
+    try:
+        ratios = [lab.mlp_attention_ratio(ps, method, from_layer) for ps in sets
+                  for method in ("activation", "attribution")]
+        lowest = min(float(r.low) for r in ratios)
+    except NonFiniteError as error:  # a resample whose attention effects are all 0
+        ratios, lowest = [], math.nan
+        notes["mlp-over-attention"] = f"not stated: sum|MLP| / sum|attention| from layer {from_layer}: {error}"
+    if not ratios:
+        pass
+    elif lowest > 1.0:
         claims["mlp-over-attention"] = MlpOverAttentionClaim(
-            tolerance=_ceil(width_of(ratios), g), from_layer=from_layer, min_ratio=1.0)
+            tolerance=_ceil(width_of([spread.mlp_attention_ratio(ps, method, from_layer) for ps in sets
+                                      for method in ("activation", "attribution")]), g),
+            from_layer=from_layer, min_ratio=1.0)
     else:
         notes["mlp-over-attention"] = (f"not stated: sum|MLP| / sum|attention| from layer {from_layer}, lowest CI "
                                        f"low {lowest:.3g} <= 1 (activation and attribution patching)")
 
-    named, note = _named_heads(lab, sets, options, n_layers, n_heads)
+    named, note = _named_heads(lab, spread, sets, options, n_layers, n_heads)
     if named is not None:
         claims["named-heads"] = named
     if note:
@@ -196,8 +232,9 @@ def discover(model: Any, options: DiscoveryOptions, *, match: Sequence[str]) -> 
     low_corr = min(float(c.low) for c in correlations)
     if low_corr >= 0.5:
         claims["value-plus-pattern"] = ValuePlusPatternClaim(
-            tolerance=_ceil(width_of(correlations), g), min_correlation=_floor(low_corr - m, g),
-            max_residual=_ceil(max(float(r.high) for r in residuals) + m, g))
+            tolerance=_ceil(width_of([spread.value_pattern_correlation(ps) for ps in sets]), g),
+            min_correlation=draft_rule(">=", correlations, m, g).threshold,
+            max_residual=draft_rule("<=", residuals, m, g).threshold)
     else:
         notes["value-plus-pattern"] = f"not stated: correlation of (v + pattern) with z, lowest CI low {low_corr:.3g}"
 
@@ -211,7 +248,7 @@ def _with(base: Spec, claims: dict[str, Any]) -> Spec:
     return replace(base, claims=claims)
 
 
-def _named_heads(lab: Any, sets: Sequence[Any], options: DiscoveryOptions, n_layers: int,
+def _named_heads(lab: Any, spread: Any, sets: Sequence[Any], options: DiscoveryOptions, n_layers: int,
                  n_heads: int) -> tuple[NamedHeadsClaim | None, str]:
     """The top heads by mean |z patching effect| over all sets, signed by direct logit attribution.
 
@@ -223,7 +260,7 @@ def _named_heads(lab: Any, sets: Sequence[Any], options: DiscoveryOptions, n_lay
     bound = max(1, int(options.max_rank_fraction * n_layers * n_heads))
     z = torch.stack([lab.head_values(ps, "z_patching").mean(-1) for ps in sets]).mean(0)
     order = z.abs().flatten().argsort(descending=True)[: options.n_heads_named].tolist()
-    heads, worst, dropped = [], [], []
+    heads, worst, dropped, spreads = [], [], [], []
     for flat in order:
         layer, index = divmod(flat, n_heads)
         attributions = [lab.ci(lab.head_values(ps, "attribution")[layer, index]) for ps in sets]
@@ -242,11 +279,12 @@ def _named_heads(lab: Any, sets: Sequence[Any], options: DiscoveryOptions, n_lay
             continue
         heads.append(NamedHead(head=label, sign=sign, by=by))
         worst += [i for b in by for i in ranks[b]]
+        spreads += [spread.worst_head_rank(ps, [heads[-1]], b) for b in by for ps in sets]
     note = f"heads not named, ranked beyond {bound} of {n_layers * n_heads}: {dropped}" if dropped else ""
     if not heads:
         return None, note or "not stated: no head ranks consistently"
     top_k = math.ceil(max(float(r.high) for r in worst)) + options.rank_margin
-    claim = NamedHeadsClaim(tolerance=_ceil(width_of(worst), 1.0), top_k=top_k, heads=tuple(heads))
+    claim = NamedHeadsClaim(tolerance=_ceil(width_of(spreads), 1.0), top_k=top_k, heads=tuple(heads))
     return claim, note
 
 
@@ -359,7 +397,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     draft = discover(model, options, match=args.match or [Path(args.model).name])
     text = render_spec(draft, header=(
         f"Drafted by `python -m circuit.discover --model {args.model}` from {args.prompt_sets} prompt sets;\n"
-        f"thresholds sit {options.margin} outside the measured 95% CIs. Reviewed before shipping."))
+        f"thresholds sit {options.margin} outside the measured per-set CIs of a claim test judged on "
+        f"{options.n_sets} sets\n({FamilyWise(options.statistics.family_level, options.n_sets).text}). "
+        f"Reviewed before shipping."))
     if args.out:
         args.out.write_text(text)
         print(f"wrote {args.out}")

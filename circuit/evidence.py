@@ -103,6 +103,14 @@ class ClaimEvidence:
     """The device it ran on."""
     recorded: str = ""
     """When it was measured (UTC, ISO 8601): records of several runs can share a file."""
+    per_set_error: float | None = None
+    """One-sided error rate each prompt set was judged at (``family_level / n_sets``; ``circuit.decision``)."""
+    n_sets: int | None = None
+    """Prompt sets the claim test is judged on (the hypothesis profile's ``max_examples``)."""
+    family_level: float | None = None
+    """Family-wise error rate of the claim test over its ``n_sets`` sets (the spec's ``[statistics]``)."""
+    reproduction: str = ""
+    """When the set failed: its re-test with other resamples (on fresh prompts where the claim allows)."""
 
     def __repr__(self) -> str:  # short: assertion rewriting shows it under the message
         return f"ClaimEvidence({self.claim_id!r}, {self.test!r}, estimate={self.estimate:.4g}, holds={self.holds})"

@@ -38,9 +38,21 @@ class Lab:
     hypothesis' first, simplest example) share their patching sweeps, caches and attributions.
     """
 
-    def __init__(self, model: Any, spec: Any, cache: OrderedDict | None = None) -> None:
+    def __init__(self, model: Any, spec: Any, cache: OrderedDict | None = None, *, level: float | None = None,
+                 n_resamples: int | None = None, seed: int = 0) -> None:
         self.model, self.spec = model, spec
         self._cache = OrderedDict() if cache is None else cache
+        self.level = spec.statistics.level if level is None else level
+        """Level of the intervals this lab computes (the spec's, or a claim's per-set level: :meth:`judge`)."""
+        self.n_resamples = spec.statistics.n_resamples if n_resamples is None else n_resamples
+        self.seed = seed
+        """Seed of the bootstrap resamples (another seed: other resamples, for re-testing a failure)."""
+
+    def at(self, *, level: float | None = None, n_resamples: int | None = None, seed: int | None = None) -> Lab:
+        """This lab with other interval settings, sharing its results (sweeps, caches)."""
+        return Lab(self.model, self.spec, self._cache, level=self.level if level is None else level,
+                   n_resamples=self.n_resamples if n_resamples is None else n_resamples,
+                   seed=self.seed if seed is None else seed)
 
     def __repr__(self) -> str:  # shown in hypothesis' failing-example line
         return f"<lab: {getattr(self.model, 'label', '?')}, spec {self.spec.path.name}>"
@@ -72,6 +84,67 @@ class Lab:
     def draw(self, data: Any):
         """Draw one prompt set with hypothesis' ``st.data()`` object (shown in a falsifying example)."""
         return data.draw(self.prompt_sets(), label="prompt set")
+
+    def fresh_like(self, ps: Any, seed: int, *, max_tries: int = 1000):
+        """A prompt set of the same shape as ``ps`` with fresh problems, or None when none is found.
+
+        Same shape: as many prompts, each operand with the same number of digits, both operand orders where
+        ``ps`` pairs them, the same corruption; accepted by :meth:`accepts` (so the claims measure on it).
+        Seeded Python randomness, so a re-test is the same on every run.
+        """
+        import random
+
+        from circuit.prompts import corrupt_reversed, corrupt_same_length
+        from circuit.strategies import PromptSet
+        from circuit.task import Problem, perturbations
+
+        def digits(n: int) -> tuple[int, int]:
+            return 10 ** (n - 1), 10**n
+
+        for attempt in range(max_tries):
+            rng = random.Random(f"fresh:{seed}:{attempt}")
+            clean: list[Problem] = []
+            for i, c in enumerate(ps.clean):
+                previous = clean[i - 1] if i % 2 else None
+                if previous is not None and c == ps.clean[i - 1].swapped():
+                    clean.append(previous.swapped())
+                else:
+                    clean.append(Problem(rng.randrange(*digits(len(str(c.a)))), rng.randrange(*digits(len(str(c.b))))))
+            options = [perturbations(q.product) for q in clean]
+            if not all(options):
+                continue
+            incorrect = tuple(o[rng.choice(sorted(o))] for o in options)
+            if ps.corruption == "reversed":
+                corrupted = corrupt_reversed(clean)
+                if any(c.product == x.product for c, x in zip(clean, corrupted)):
+                    continue
+            else:
+                corrupted = corrupt_same_length(clean, seed=rng.randrange(2**16))
+            fresh = PromptSet(tuple(clean), incorrect, tuple(corrupted), ps.corruption)
+            if fresh != ps and self.accepts(fresh):
+                return fresh
+        return None
+
+    def judge(self, rule: Any, ps: Any, measure: Callable[[Lab, Any], Any], *, n_sets: int,
+              fresh_prompts: bool = True):
+        """A claim's :class:`circuit.decision.Judgement` on ``ps``: ``measure(lab, prompts)`` (an interval)
+        at the per-set level for ``n_sets`` sets (``circuit.decision.FamilyWise``, the spec's
+        ``[statistics] family_level``), re-tested when it fails: with other resamples and, when
+        ``fresh_prompts``, on a fresh prompt set of the same shape (on which the task is solved), else on
+        ``ps`` again."""
+        from circuit.decision import FamilyWise, Judgement
+
+        scheme = FamilyWise(self.spec.statistics.family_level, n_sets)
+        lab = self.at(level=scheme.level, n_resamples=scheme.n_resamples(self.spec.statistics.n_resamples))
+        interval = measure(lab, ps)
+        if rule.holds(interval):
+            return Judgement(rule, scheme, interval)
+        again = lab.at(seed=lab.seed + 1)
+        fresh = self.fresh_like(ps, seed=1) if fresh_prompts else None
+        if fresh is not None and not bool(self.task_separation(fresh).excludes(0)):
+            fresh = None
+        retest = fresh if fresh is not None else ps
+        return Judgement(rule, scheme, interval, (retest, measure(again, retest)))
 
     def _cached(self, key: tuple, compute: Callable[[], Any]) -> Any:
         """``compute()`` once per (model, prompt set, what); only the most recent prompt sets are kept."""
@@ -167,9 +240,8 @@ class Lab:
         """
         from circuit.stats import bootstrap_ci
 
-        s = self.spec.statistics
-        return bootstrap_ci(values, level=s.level, n_resamples=s.n_resamples, statistic=statistic,
-                            min_prompts=s.min_prompts)
+        return bootstrap_ci(values, level=self.level, n_resamples=self.n_resamples, seed=self.seed,
+                            statistic=statistic, min_prompts=self.spec.statistics.min_prompts)
 
     def task_separation(self, ps: Any):
         """Interval of mean(clean - corrupted) logit difference: the task-solved precondition's statistic."""
@@ -184,12 +256,15 @@ class Lab:
         recorder with the ``record(statistic, value, threshold=, holds=, prompt_set=)`` method of the claims
         plugin's recorder.
         """
-        interval = self.task_separation(ps)
-        if bool(interval.excludes(0)):
+        from circuit.decision import Rule
+
+        interval, rule = self.task_separation(ps), Rule("excludes", 0)
+        if rule.holds(interval):
             return
         record = evidence.record(
             "PRECONDITION task-solved: mean(clean - corrupted) logit difference", interval,
-            threshold="95% CI excludes 0 (precondition of a normalized effect)", holds=False, prompt_set=ps,
+            threshold=f"{rule.text} at {interval.level:.0%} (precondition of a normalized effect)", holds=False,
+            prompt_set=ps,
         )
         raise PreconditionFailed(
             f"Precondition failed: clean and corrupted logit differences do not differ on these prompts "

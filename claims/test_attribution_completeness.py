@@ -11,9 +11,10 @@ DLA splits the logits before the transform, and the sum is compared with the log
 """
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from circuit.decision import Rule
 from circuit.report import line_figure
 
 STATEMENT = ("Attribution adds up: the per-head direct logit attributions plus the remaining components "
@@ -29,19 +30,20 @@ def test_head_attributions_sum_to_the_logit_difference(model, lab, claim, eviden
         target, what = lab.logit_diffs(prompt_set)[0], "logit difference"
     else:  # not linear (a soft-cap): DLA splits the logits before it, and is compared with them
         target, what = lab.attribution_target(prompt_set), f"logit difference before the model's {transform}"
-    attribution = lab.head_attribution(prompt_set)
-    error = (attribution.total.detach().cpu().double() - target.double()).abs()
-    largest = lab.ci(error, lambda x: x.amax(-1))
+    error = (lab.head_attribution(prompt_set).total.detach().cpu().double() - target.double()).abs()
     lens = lab.logit_lens(prompt_set)
     dtype = str(model.dtype).removeprefix("torch.")
-    atol = claim.atol.at(model.dtype)
+    rule = Rule("<=", claim.atol.at(model.dtype), f"atol[{dtype}]")
+    # an identity of this set's prompts: a re-test draws other resamples of them, not other prompts
+    judged = lab.judge(rule, prompt_set, lambda lab, ps: lab.ci(error, lambda x: x.amax(-1)),
+                       n_sets=settings().max_examples, fresh_prompts=False)
     record = evidence.record(
-        f"largest per-prompt |sum of attributions - {what}|", largest,
-        threshold=f"CI high <= atol[{dtype}] = {atol:g}", holds=bool(largest.high <= atol), prompt_set=prompt_set,
+        f"largest per-prompt |sum of attributions - {what}|", judged.interval, judgement=judged,
+        prompt_set=prompt_set,
         figures={"Logit lens (clean, final position): the last entry is the logit difference": (lambda: line_figure(
             lens.mean, title="Logit lens", xlabel="residual stream", ylabel="logit difference",
             xticklabels=list(lens.labels)),
             "The logit difference read off the residual stream after each block. Its last point is the model's "
             "logit difference: if the claim holds, the attributions of all components sum to it within atol.")},
     )
-    assert record.holds, record.describe()
+    assert record.holds, judged.explain(record.describe())

@@ -6,9 +6,10 @@ the late layers recover (nearly) all of it, and in late layers no other position
 """
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from circuit.decision import Rule
 from circuit.report import heatmap
 
 STATEMENT = ("Final-token localization: patching the residual stream at the final position in late layers "
@@ -31,13 +32,13 @@ def test_final_position_recovers_in_late_layers(model, lab, claim, evidence, dat
     prompt_set = lab.draw(data)
     lab.require_task_solved(prompt_set, evidence)
     late = claim.late_from_layer
-    recovery = lab.final_recovery(prompt_set, late)
+    judged = lab.judge(Rule(">=", claim.min_recovery), prompt_set, lambda lab, ps: lab.final_recovery(ps, late),
+                       n_sets=settings().max_examples)
     record = evidence.record(
-        f"mean normalized recovery at the final position, layers {late}+", recovery,
-        threshold=f"CI low >= {claim.min_recovery}", holds=bool(recovery.low >= claim.min_recovery),
+        f"mean normalized recovery at the final position, layers {late}+", judged.interval, judgement=judged,
         prompt_set=prompt_set, figures=_figure(lab, prompt_set),
     )
-    assert record.holds, record.describe()
+    assert record.holds, judged.explain(record.describe())
 
 
 @pytest.mark.claim(id="final-token-localization", statement=STATEMENT)
@@ -46,10 +47,10 @@ def test_no_other_position_recovers_in_late_layers(model, lab, claim, evidence, 
     prompt_set = lab.draw(data)
     lab.require_task_solved(prompt_set, evidence)
     late = claim.late_from_layer
-    largest = lab.other_recovery(prompt_set, late)
+    judged = lab.judge(Rule("<=", claim.max_other_recovery), prompt_set,
+                       lambda lab, ps: lab.other_recovery(ps, late), n_sets=settings().max_examples)
     record = evidence.record(
-        f"largest normalized recovery at any non-final position, layers {late}+", largest,
-        threshold=f"CI high <= {claim.max_other_recovery}", holds=bool(largest.high <= claim.max_other_recovery),
-        prompt_set=prompt_set, figures=_figure(lab, prompt_set),
+        f"largest normalized recovery at any non-final position, layers {late}+", judged.interval,
+        judgement=judged, prompt_set=prompt_set, figures=_figure(lab, prompt_set),
     )
-    assert record.holds, record.describe()
+    assert record.holds, judged.explain(record.describe())

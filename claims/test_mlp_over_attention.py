@@ -8,9 +8,10 @@ approximation), which must agree.
 """
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from circuit.decision import Rule
 from circuit.report import heatmap, line_figure
 
 STATEMENT = ("MLP over attention: at the final position, the summed |effect| of MLP outputs exceeds that of "
@@ -40,14 +41,15 @@ def _figures(lab, prompt_set, method):
 def test_mlp_outweighs_attention_by_activation_patching(model, lab, claim, evidence, data):
     prompt_set = lab.draw(data)
     lab.require_task_solved(prompt_set, evidence)
-    ratio = lab.mlp_attention_ratio(prompt_set, "activation", claim.from_layer)
+    judged = lab.judge(Rule(">", claim.min_ratio), prompt_set,
+                       lambda lab, ps: lab.mlp_attention_ratio(ps, "activation", claim.from_layer),
+                       n_sets=settings().max_examples)
     record = evidence.record(
         f"sum |MLP effect| / sum |attention effect| at the final position, layers {claim.from_layer}+ "
-        f"(activation patching)", ratio, threshold=f"CI low > {claim.min_ratio}",
-        holds=bool(ratio.low > claim.min_ratio), prompt_set=prompt_set,
+        f"(activation patching)", judged.interval, judgement=judged, prompt_set=prompt_set,
         figures=_figures(lab, prompt_set, "activation"),
     )
-    assert record.holds, record.describe()
+    assert record.holds, judged.explain(record.describe())
 
 
 @pytest.mark.claim(id="mlp-over-attention", statement=STATEMENT)
@@ -55,11 +57,12 @@ def test_mlp_outweighs_attention_by_activation_patching(model, lab, claim, evide
 def test_mlp_outweighs_attention_by_attribution_patching(model, lab, claim, evidence, data):
     prompt_set = lab.draw(data)
     lab.require_task_solved(prompt_set, evidence)
-    ratio = lab.mlp_attention_ratio(prompt_set, "attribution", claim.from_layer)
+    judged = lab.judge(Rule(">", claim.min_ratio), prompt_set,
+                       lambda lab, ps: lab.mlp_attention_ratio(ps, "attribution", claim.from_layer),
+                       n_sets=settings().max_examples)
     record = evidence.record(
         f"sum |MLP effect| / sum |attention effect| at the final position, layers {claim.from_layer}+ "
-        f"(attribution patching)", ratio, threshold=f"CI low > {claim.min_ratio}",
-        holds=bool(ratio.low > claim.min_ratio), prompt_set=prompt_set,
+        f"(attribution patching)", judged.interval, judgement=judged, prompt_set=prompt_set,
         figures=_figures(lab, prompt_set, "attribution"),
     )
-    assert record.holds, record.describe()
+    assert record.holds, judged.explain(record.describe())

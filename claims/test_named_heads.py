@@ -10,9 +10,10 @@ negatively").
 """
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from circuit.decision import Rule
 from circuit.report import heatmap
 
 STATEMENT = "Named heads matter: each head the spec names is in the top-k heads, with its stated sign."
@@ -42,13 +43,13 @@ def test_named_heads_rank_in_top_k_by_z_patching(model, lab, claim, evidence, da
     if not heads:
         pytest.skip("the spec names no head by z_patching")
     prompt_set = lab.draw(data)
-    rank = lab.worst_head_rank(prompt_set, heads, "z_patching")
+    judged = lab.judge(Rule("<=", claim.top_k, "top_k"), prompt_set,
+                       lambda lab, ps: lab.worst_head_rank(ps, heads, "z_patching"), n_sets=settings().max_examples)
     record = evidence.record(
-        f"worst rank by |z patching effect| among {[h.head for h in heads]}", rank,
-        threshold=f"CI high <= top_k = {claim.top_k}", holds=bool(rank.high <= claim.top_k),
+        f"worst rank by |z patching effect| among {[h.head for h in heads]}", judged.interval, judgement=judged,
         prompt_set=prompt_set, figures=_figures(lab, prompt_set, claim.heads),
     )
-    assert record.holds, record.describe()
+    assert record.holds, judged.explain(record.describe())
 
 
 @pytest.mark.claim(id="named-heads", statement=STATEMENT)
@@ -58,13 +59,13 @@ def test_named_heads_rank_in_top_k_by_attribution(model, lab, claim, evidence, d
     if not heads:
         pytest.skip("the spec names no head by attribution")
     prompt_set = lab.draw(data)
-    rank = lab.worst_head_rank(prompt_set, heads, "attribution")
+    judged = lab.judge(Rule("<=", claim.top_k, "top_k"), prompt_set,
+                       lambda lab, ps: lab.worst_head_rank(ps, heads, "attribution"), n_sets=settings().max_examples)
     record = evidence.record(
-        f"worst rank by |direct logit attribution| among {[h.head for h in heads]}", rank,
-        threshold=f"CI high <= top_k = {claim.top_k}", holds=bool(rank.high <= claim.top_k),
+        f"worst rank by |direct logit attribution| among {[h.head for h in heads]}", judged.interval, judgement=judged,
         prompt_set=prompt_set, figures=_figures(lab, prompt_set, claim.heads),
     )
-    assert record.holds, record.describe()
+    assert record.holds, judged.explain(record.describe())
 
 
 @pytest.mark.claim(id="named-heads", statement=STATEMENT)
@@ -74,11 +75,11 @@ def test_named_heads_have_their_stated_sign(model, lab, claim, evidence, data):
     if not signed:
         pytest.skip("the spec states no head's sign")
     prompt_set = lab.draw(data)
-    weakest = lab.weakest_signed_attribution(prompt_set, signed)
+    judged = lab.judge(Rule(">", 0), prompt_set, lambda lab, ps: lab.weakest_signed_attribution(ps, signed),
+                       n_sets=settings().max_examples)
     record = evidence.record(
         f"smallest sign-oriented mean direct logit attribution among "
-        f"{[f'{h.head} ({h.sign})' for h, _ in signed]}", weakest,
-        threshold="CI low > 0", holds=bool(weakest.low > 0), prompt_set=prompt_set,
-        figures=_figures(lab, prompt_set, claim.heads),
+        f"{[f'{h.head} ({h.sign})' for h, _ in signed]}", judged.interval, judgement=judged,
+        prompt_set=prompt_set, figures=_figures(lab, prompt_set, claim.heads),
     )
-    assert record.holds, record.describe()
+    assert record.holds, judged.explain(record.describe())

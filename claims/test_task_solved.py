@@ -7,24 +7,25 @@ corrupted 0.27 on 8 prompts) would not pass: the report makes that visible.
 """
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from circuit.decision import Rule
 from circuit.report import line_figure
 
 STATEMENT = ("The task is solved at all: the logit difference on clean prompts differs from that on corrupted "
-             "prompts (95% CI of the mean difference excludes 0).")
+             "prompts (the CI of the mean difference excludes 0).")
 
 
 @pytest.mark.claim(id="task-solved", statement=STATEMENT)
 @given(data=st.data())
 def test_clean_and_corrupted_logit_differences_differ(model, lab, claim, evidence, data):
     prompt_set = lab.draw(data)
-    separation = lab.task_separation(prompt_set)
+    judged = lab.judge(Rule("excludes", 0), prompt_set, lambda lab, ps: lab.task_separation(ps),
+                       n_sets=settings().max_examples)
     lens = lab.logit_lens(prompt_set)
     record = evidence.record(
-        "mean over prompts of (clean - corrupted) logit difference", separation,
-        threshold=f"{separation.level:.0%} CI excludes 0", holds=bool(separation.excludes(0)),
+        "mean over prompts of (clean - corrupted) logit difference", judged.interval, judgement=judged,
         prompt_set=prompt_set,
         figures={"Logit lens: logit difference of the accumulated residual stream (clean prompts, mean)":
                  (lambda: line_figure(lens.mean, title="Logit lens (final position)", xlabel="residual stream",
@@ -32,4 +33,4 @@ def test_clean_and_corrupted_logit_differences_differ(model, lab, claim, evidenc
                   "If the claim holds, the last point (the model's logit difference, correct - incorrect "
                   "answer) lies clearly above 0; where the line rises shows which blocks compute the answer.")},
     )
-    assert record.holds, record.describe()
+    assert record.holds, judged.explain(record.describe())

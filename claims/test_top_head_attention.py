@@ -8,10 +8,11 @@ entropy divided by log(number of visible keys) (1 = uniform).
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from circuit.attention import head_patterns
+from circuit.decision import Rule
 from circuit.report import attention_figure, heads_of
 
 STATEMENT = ("Attention of the top heads: late top heads attend mostly to BOS; early top heads attend "
@@ -40,17 +41,22 @@ def test_late_top_heads_attend_to_bos(model, lab, claim, evidence, data):
     prompt_set = lab.draw(data)
     late = [h for h in _top_heads(lab, prompt_set, claim.top_k) if h[0] >= claim.late_from_layer]
     if not late:
+        some = Rule(">=", 1, interval=False)  # the claim is about them
         record = evidence.record(f"number of top-{claim.top_k} heads in layers {claim.late_from_layer}+", 0,
-                                 threshold=">= 1 (the claim is about them)", holds=False, prompt_set=prompt_set)
+                                 threshold=some.text, holds=some.holds(0), prompt_set=prompt_set)
         pytest.fail(record.describe())
-    to_bos = lab.attention(prompt_set).to_bos.double().cpu()
-    weakest = lab.ci(torch.stack([to_bos[l, h] for l, h in late]), lambda x: x.mean(-1).amin(-1))
+
+    def weakest(lab, ps):  # on fresh prompts, the top heads of those prompts
+        heads = [h for h in _top_heads(lab, ps, claim.top_k) if h[0] >= claim.late_from_layer] or late
+        to_bos = lab.attention(ps).to_bos.double().cpu()
+        return lab.ci(torch.stack([to_bos[l, h] for l, h in heads]), lambda x: x.mean(-1).amin(-1))
+
+    judged = lab.judge(Rule(">=", claim.min_bos_attention), prompt_set, weakest, n_sets=settings().max_examples)
     record = evidence.record(
-        f"smallest mean attention to BOS among late top heads {[f'L{l}H{h}' for l, h in late]}", weakest,
-        threshold=f"CI low >= {claim.min_bos_attention}", holds=bool(weakest.low >= claim.min_bos_attention),
-        prompt_set=prompt_set, figures=_figures(lab, prompt_set, late),
+        f"smallest mean attention to BOS among late top heads {[f'L{l}H{h}' for l, h in late]}", judged.interval,
+        judgement=judged, prompt_set=prompt_set, figures=_figures(lab, prompt_set, late),
     )
-    assert record.holds, record.describe()
+    assert record.holds, judged.explain(record.describe())
 
 
 @pytest.mark.claim(id="top-head-attention", statement=STATEMENT)
@@ -59,15 +65,20 @@ def test_early_top_heads_attend_uniformly(model, lab, claim, evidence, data):
     prompt_set = lab.draw(data)
     early = [h for h in _top_heads(lab, prompt_set, claim.top_k) if h[0] < claim.early_until_layer]
     if not early:
+        some = Rule(">=", 1, interval=False)  # the claim is about them
         record = evidence.record(f"number of top-{claim.top_k} heads before layer {claim.early_until_layer}", 0,
-                                 threshold=">= 1 (the claim is about them)", holds=False, prompt_set=prompt_set)
+                                 threshold=some.text, holds=some.holds(0), prompt_set=prompt_set)
         pytest.fail(record.describe())
-    entropy = lab.attention(prompt_set).normalized_entropy.double().cpu()
-    weakest = lab.ci(torch.stack([entropy[l, h] for l, h in early]), lambda x: x.mean(-1).amin(-1))
+
+    def weakest(lab, ps):  # on fresh prompts, the top heads of those prompts
+        heads = [h for h in _top_heads(lab, ps, claim.top_k) if h[0] < claim.early_until_layer] or early
+        entropy = lab.attention(ps).normalized_entropy.double().cpu()
+        return lab.ci(torch.stack([entropy[l, h] for l, h in heads]), lambda x: x.mean(-1).amin(-1))
+
+    judged = lab.judge(Rule(">=", claim.min_normalized_entropy), prompt_set, weakest,
+                       n_sets=settings().max_examples)
     record = evidence.record(
         f"smallest mean normalized attention entropy among early top heads {[f'L{l}H{h}' for l, h in early]}",
-        weakest, threshold=f"CI low >= {claim.min_normalized_entropy}",
-        holds=bool(weakest.low >= claim.min_normalized_entropy), prompt_set=prompt_set,
-        figures=_figures(lab, prompt_set, early),
+        judged.interval, judgement=judged, prompt_set=prompt_set, figures=_figures(lab, prompt_set, early),
     )
-    assert record.holds, record.describe()
+    assert record.holds, judged.explain(record.describe())

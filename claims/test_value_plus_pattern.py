@@ -8,9 +8,10 @@ Measured over all heads: the correlation of (v + pattern) effects with z effects
 """
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from circuit.decision import Rule
 from circuit.report import scatter_figure
 
 STATEMENT = ("Value + pattern ~ output: per head, value patching plus pattern patching effects approximately "
@@ -35,13 +36,13 @@ def _figures(lab, prompt_set):
 def test_value_plus_pattern_correlates_with_output(model, lab, claim, evidence, data):
     prompt_set = lab.draw(data)
     lab.require_task_solved(prompt_set, evidence)
-    correlation = lab.value_pattern_correlation(prompt_set)
+    judged = lab.judge(Rule(">=", claim.min_correlation), prompt_set,
+                       lambda lab, ps: lab.value_pattern_correlation(ps), n_sets=settings().max_examples)
     record = evidence.record(
-        "correlation across heads of (v + pattern) with z patching effects", correlation,
-        threshold=f"CI low >= {claim.min_correlation}", holds=bool(correlation.low >= claim.min_correlation),
+        "correlation across heads of (v + pattern) with z patching effects", judged.interval, judgement=judged,
         prompt_set=prompt_set, figures=_figures(lab, prompt_set),
     )
-    assert record.holds, record.describe()
+    assert record.holds, judged.explain(record.describe())
 
 
 @pytest.mark.claim(id="value-plus-pattern", statement=STATEMENT)
@@ -49,10 +50,10 @@ def test_value_plus_pattern_correlates_with_output(model, lab, claim, evidence, 
 def test_value_plus_pattern_residual_is_small(model, lab, claim, evidence, data):
     prompt_set = lab.draw(data)
     lab.require_task_solved(prompt_set, evidence)
-    residual = lab.value_pattern_residual(prompt_set)
+    judged = lab.judge(Rule("<=", claim.max_residual), prompt_set,
+                       lambda lab, ps: lab.value_pattern_residual(ps), n_sets=settings().max_examples)
     record = evidence.record(
-        "largest |v + pattern - z| over heads, as a fraction of (clean - corrupted)", residual,
-        threshold=f"CI high <= {claim.max_residual}", holds=bool(residual.high <= claim.max_residual),
-        prompt_set=prompt_set, figures=_figures(lab, prompt_set),
+        "largest |v + pattern - z| over heads, as a fraction of (clean - corrupted)", judged.interval,
+        judgement=judged, prompt_set=prompt_set, figures=_figures(lab, prompt_set),
     )
-    assert record.holds, record.describe()
+    assert record.holds, judged.explain(record.describe())

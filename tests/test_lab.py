@@ -103,3 +103,31 @@ def test_a_metric_that_returns_3_values_for_8_prompts_is_refused():
         lab.logit_diffs(Prompts())
     clean, corrupted = FixedMetric(lambda logits: logits[:, -1, 0]).logit_diffs(Prompts())
     assert clean.shape == corrupted.shape == (8,)
+
+
+def _interval(low, high):
+    from circuit.stats import Interval
+
+    return Interval(torch.tensor((low + high) / 2), torch.tensor(low), torch.tensor(high), 0.95)
+
+
+def test_a_failing_set_is_re_tested_with_other_resamples_at_the_per_set_level():
+    from circuit.decision import FamilyWise, Rule
+
+    lab, seen = FixedHeads(None), []
+
+    def measure(lab, ps):  # fails on the first resamples, passes on the others
+        seen.append((lab.level, lab.n_resamples, lab.seed))
+        return _interval(0.1, 0.5) if lab.seed == 0 else _interval(0.3, 0.9)
+
+    judged = lab.judge(Rule(">=", 0.8), "prompts", measure, n_sets=50, fresh_prompts=False)
+    scheme = FamilyWise(lab.spec.statistics.family_level, 50)
+    assert seen == [(scheme.level, 10_000, 0), (scheme.level, 10_000, 1)]
+    assert judged.holds and "the failure did NOT reproduce" in judged.reproduced
+    assert "Bonferroni over 50 sets" in judged.threshold
+
+    always = lab.judge(Rule(">=", 0.8), "prompts", lambda lab, ps: _interval(0.1, 0.5), n_sets=3,
+                       fresh_prompts=False)
+    assert not always.holds and "the failure reproduced" in always.explain("described")
+    passing = lab.judge(Rule(">=", 0.8), "prompts", lambda lab, ps: _interval(0.1, 0.9), n_sets=3)
+    assert passing.holds and passing.reproduction is None
