@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Float
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 from torch import Tensor
 
 __all__ = [
@@ -241,6 +241,7 @@ def forest_figure(rows: Sequence[Mapping], *, title: str = "Every claim test: st
         ax.set_yticks([0], [row["label"]], fontsize=8)
         ax.set_ylim(-1, 1)
         ax.tick_params(axis="x", labelsize=7)
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%.3g"))  # no "1e-5" scale text under a panel
         for side in ("top", "right", "left"):
             ax.spines[side].set_visible(False)
     legend = [Line2D([], [], color=VERDICT_COLOURS["passed"], linewidth=5, label="CI, claim holds (passed)"),

@@ -152,8 +152,39 @@ def test_the_report_renders_in_chromium_with_visible_figures(report, tmp_path):
     rendered = images(dom)
     assert len(rendered) >= 3, f"only {len(rendered)} figures in the rendered page"
     assert not [i for i, image in enumerate(rendered) if blank(image)], "a figure is blank"
+    layout = _layout(report, tmp_path, common)
+    assert layout["forest"]["top"] + 100 < 900, f"the summary figure is not in the first screen: {layout}"
+    assert layout["forest"]["height"] > 200 and layout["forest"]["natural"] > 200, layout
+    assert layout["overflow"] == [], f"text overflows its box: {layout['overflow']}"
     screenshot = tmp_path / "page.png"
     subprocess.run([*common, "--window-size=1280,2400", f"--screenshot={screenshot}", url],
                    capture_output=True, timeout=120)
     assert screenshot.exists(), "chromium wrote no screenshot"
     assert not blank(Image.open(screenshot).convert("L")), "the rendered page is blank"
+
+
+LAYOUT_PROBE = """<script>
+window.addEventListener('load', () => setTimeout(() => {
+  const img = document.querySelector('img[alt^="Forest plot"]');
+  const box = img.getBoundingClientRect();
+  const cells = document.querySelectorAll('.claims-report td, .claims-report th, .claims-report summary, '
+                                          + '.claim-evidence td, .claim-evidence th, figcaption');
+  const overflow = [...cells].filter(e => e.scrollWidth > e.clientWidth + 1 || box.right > innerWidth + 1)
+                             .map(e => e.textContent.slice(0, 80));
+  document.body.setAttribute('data-layout', JSON.stringify(
+    {forest: {top: box.top, height: box.height, natural: img.naturalWidth}, overflow}));
+}, 500));
+</script>"""
+
+
+def _layout(report: Path, tmp_path: Path, common: list[str]) -> dict:
+    """Where the report lays things out in a 1280 x 900 window (a probe script writes it into the DOM)."""
+    import json
+
+    probed = tmp_path / "probed.html"
+    probed.write_text(report.read_text().replace("</body>", LAYOUT_PROBE + "</body>"))
+    dom = subprocess.run([*common, "--window-size=1280,900", "--dump-dom", f"{probed.as_uri()}?collapsed="],
+                         capture_output=True, text=True, timeout=120).stdout
+    found = re.search(r'data-layout="([^"]*)"', dom)
+    assert found, "the layout probe did not run"
+    return json.loads(html_lib.unescape(found[1]))
