@@ -50,3 +50,23 @@ def test_a_baseline_regression_explains_why_a_rule_that_holds_failed(tmp_path: P
     html = evidence_html({"model": "m", "baseline": "regression", "baseline_estimate": 0.8}, record, {})
     assert "holds on this run, but its statistic moved from the baseline" in html
     assert "moved by -0.3 (baseline 0.8), tolerance 0.1" in html
+
+
+def test_the_summary_states_how_far_each_statistic_moved_from_the_baseline(tmp_path: Path):
+    state = ClaimsSession(models=["m"], device=None, dtype="float32", revision=None, trust_remote_code=False,
+                          spec_path=None, baseline=tmp_path / "b.json", update_baseline=False,
+                          baseline_missing="fail", reports=tmp_path, runs_claims=True, collect_only=False,
+                          worker=False)
+    for test, estimate, status in (("test_a", 0.5, "regression"), ("test_b", 0.9, "compared")):
+        record = ClaimEvidence(claim_id="c", test=test, statistic="s", estimate=estimate, low=0.4, high=1.0,
+                               threshold="CI low >= 0.1", holds=True, tolerance=0.1,
+                               outcome="failed" if status == "regression" else "passed")
+        state.records[test] = {"nodeid": test, "model": "m", "test": test, "baseline": status,
+                               "baseline_estimate": 0.8, "tries": [{"holds": True}] * 3,
+                               "evidence": record_to_dict(record)}
+    html = summary_html(state, [])
+    assert "<th>baseline</th>" in html
+    assert "<td>regression: moved by -0.3 (baseline 0.8), tolerance 0.1</td>" in html
+    assert "<td>compared: moved by +0.1 (baseline 0.8), tolerance 0.1</td>" in html
+    assert html.count("<td>3 / 3</td>") == 2 and "<b>failed (1 of 2 tests)</b>" in html
+    assert 'alt="Forest plot of every claim test"' in html
