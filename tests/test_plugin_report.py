@@ -70,3 +70,21 @@ def test_the_summary_states_how_far_each_statistic_moved_from_the_baseline(tmp_p
     assert "<td>compared: moved by +0.1 (baseline 0.8), tolerance 0.1</td>" in html
     assert html.count("<td>3 / 3</td>") == 2 and "<b>failed (1 of 2 tests)</b>" in html
     assert 'alt="Forest plot of every claim test"' in html
+
+
+def test_the_recorder_keeps_every_prompt_set_tried_and_the_last_ones_rows():
+    from types import SimpleNamespace
+
+    from circuit.strategies import PromptSet
+    from circuit.task import Problem
+    from fixtures.claims_session import ClaimRecorder
+
+    recorder = ClaimRecorder("c", "C holds", "test_c", SimpleNamespace(claims={}))
+    recorder.record("s", 2.0, threshold="x >= 1", holds=True, prompt_set="some text")
+    prompts = PromptSet(clean=(Problem(12, 34),), incorrect=(409,), corrupted=(Problem(56, 78),),
+                        corruption="same_length")
+    recorder.record("s", 0.5, threshold="x >= 1", holds=False, prompt_set=prompts)
+    assert [(t["estimate"], t["holds"], t["n_prompts"]) for t in recorder.tries] == [(2.0, True, 1), (0.5, False, 1)]
+    assert recorder.tries[0]["first_prompt"] == "some text"
+    assert recorder.prompts == [[Problem(12, 34).prompt, "408", "409", Problem(56, 78).prompt]]
+    assert recorder.last.estimate == 0.5
