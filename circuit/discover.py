@@ -96,7 +96,7 @@ def _ceil(x: float, grid: float) -> float:
 def draft_rule(kind: str, intervals: Sequence[Any], margin: float, grid: float, name: str = "") -> Any:
     """The claims' ``Rule(kind, threshold)`` with the threshold ``margin`` beyond the near end of every
     measured interval (below the lowest CI low for ``>=``, above the highest CI high for ``<=``), rounded
-    outward to ``grid``; checked to hold on every interval, with its margin."""
+    outward to ``grid``; checked to hold on every interval."""
 
     if kind in (">=", ">"):
         threshold = _floor(min(float(i.low) for i in intervals) - margin, grid)
@@ -210,14 +210,12 @@ def discover(model: Any, options: DiscoveryOptions, *, match: Sequence[str]) -> 
     except NonFiniteError as error:  # a resample whose attention effects are all 0
         ratios, lowest = [], math.nan
         notes["mlp-over-attention"] = f"not stated: sum|MLP| / sum|attention| from layer {from_layer}: {error}"
-    if not ratios:
-        pass
-    elif lowest > 1.0:
+    if ratios and lowest > 1.0:
         claims["mlp-over-attention"] = MlpOverAttentionClaim(
             tolerance=_ceil(width_of([spread.mlp_attention_ratio(ps, method, from_layer) for ps in sets
                                       for method in ("activation", "attribution")]), g),
             from_layer=from_layer, min_ratio=1.0)
-    else:
+    elif ratios:
         notes["mlp-over-attention"] = (f"not stated: sum|MLP| / sum|attention| from layer {from_layer}, lowest CI "
                                        f"low {lowest:.3g} <= 1 (activation and attribution patching)")
 
