@@ -178,3 +178,19 @@ def test_claims_run_unshrunk_with_one_seed_under_the_ci_profile(pytester, tmp_pa
     assert Phase.generate in phases and Phase.shrink not in phases and Phase.explain not in phases
     assert seed == 0
     assert not (tmp_path / "reports").exists()  # --co writes nothing
+
+
+def test_each_xdist_worker_takes_its_own_gpu(monkeypatch):
+    """One model/device per worker: gwN loads on cuda:N mod count when several GPUs are present."""
+    import torch
+
+    from fixtures.claims_session import worker_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for worker, expected in (("gw0", "cuda:0"), ("gw1", "cuda:1"), ("gw2", "cuda:0")):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        assert worker_device(None) == expected and worker_device("cuda") == expected
+        assert worker_device("cpu") == "cpu" and worker_device("cuda:1") == "cuda:1"
+    monkeypatch.delenv("PYTEST_XDIST_WORKER")
+    assert worker_device(None) is None
