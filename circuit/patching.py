@@ -114,10 +114,12 @@ class Site:
         """The corrupted run's activation at ``hook`` of ``layer``."""
         return _ACTIVATION[self.hook](corr)[layer]
 
-    def target(self, layer: int, index: int, clean: Cache, corr: Cache) -> Tensor:
-        """The activation at ``hook`` of ``layer`` when cell ``(layer, index)`` is patched."""
+    def target(self, layer: int, index: int, clean: Cache, corr: Cache, patched: Tensor | None = None) -> Tensor:
+        """The activation at ``hook`` of ``layer`` when cell ``(layer, index)`` is patched (``patched``: the
+        layer's :attr:`patched_all`, when the caller already has it)."""
+        source = self.patched_all(layer, clean, corr) if patched is None else patched
         act = self.corrupted(layer, corr).clone()
-        act.select(self.cell_dim, index).copy_(self.patched_all(layer, clean, corr).select(self.cell_dim, index))
+        act.select(self.cell_dim, index).copy_(source.select(self.cell_dim, index))
         return act
 
     def n_index(self, corr: Cache) -> int:
@@ -395,13 +397,13 @@ def _first_changed(site: Site, target: Tensor, corrupted: Tensor) -> int | None:
     return int(positions[0]) if len(positions) else None
 
 
-def _start(arith: fwd.BlockArithmetic, site: Site, layer: int, target: Tensor, first: int, corr: Cache
-           ) -> tuple[int, str, Tensor]:
-    """Where a patched activation joins the forward: ``(layer, stage, residual at positions >= first)``."""
+def _start(arith: fwd.BlockArithmetic, site: Site, layer: int, target: Tensor, first: int, corr: Cache) -> Tensor:
+    """The residual, at positions ``>= first``, with which a patched activation joins the forward at
+    :func:`_join_point`."""
     if site.hook == "hook_resid_pre":
-        return layer, "pre", target[:, first:]
+        return target[:, first:]
     if site.hook == "hook_mlp_out":
-        return layer + 1, "pre", corr.resid_mid[layer][:, first:] + target[:, first:]
+        return corr.resid_mid[layer][:, first:] + target[:, first:]
     if site.hook == "hook_attn_out":
         attn = target[:, first:]
     else:
@@ -413,9 +415,7 @@ def _start(arith: fwd.BlockArithmetic, site: Site, layer: int, target: Tensor, f
             z = _heads_from(corr.pattern[layer], target)[:, first:]
         attn = arith.attn_out(layer, z)
     resid = corr.resid_pre[layer][:, first:] + attn
-    if arith.parallel:
-        return layer + 1, "pre", resid + corr.mlp_out[layer][:, first:]
-    return layer, "mid", resid
+    return resid + corr.mlp_out[layer][:, first:] if arith.parallel else resid
 
 
 def _plans(site: Site, arith: fwd.BlockArithmetic, clean: Cache, corr: Cache, skip: bool) -> Iterator[_Plan | int]:
@@ -423,24 +423,25 @@ def _plans(site: Site, arith: fwd.BlockArithmetic, clean: Cache, corr: Cache, sk
     n_layers, n_index = _shape(site, corr)
     by_position = site.axes[1] == "pos"
     for layer in range(n_layers):
-        corrupted = site.corrupted(layer, corr)
+        corrupted, patched = site.corrupted(layer, corr), site.patched_all(layer, clean, corr)
+        joins, stage = _join_point(arith, site, layer)
         for index in range(n_index):
             cell = layer * n_index + index
-            target = site.target(layer, index, clean, corr)
-            first = _first_changed(site, target, corrupted)
+            first = _first_changed(site, site.target(layer, index, clean, corr, patched), corrupted)
             if first is None and skip:
                 yield cell
                 continue
             first = index if by_position else (first or 0)
-            joins, stage = _join_point(arith, site, layer)
 
-            def build(layer: int = layer, index: int = index, first: int = first) -> Tensor:
-                return _start(arith, site, layer, site.target(layer, index, clean, corr), first, corr)[2]
+            def build(layer: int = layer, index: int = index, first: int = first, patched: Tensor = patched
+                      ) -> Tensor:
+                return _start(arith, site, layer, site.target(layer, index, clean, corr, patched), first, corr)
 
             yield _Plan(cell, joins, stage, first, build)
 
 
 def _join_point(arith: fwd.BlockArithmetic, site: Site, layer: int) -> tuple[int, str]:
+    """Where a patch of ``site`` at ``layer`` joins the forward: ``(layer, stage)``."""
     if site.hook == "hook_resid_pre":
         return layer, "pre"
     if site.hook == "hook_mlp_out" or arith.parallel:
@@ -621,10 +622,12 @@ def _hook_sweep(model: Any, arith: None, site: Site, clean: Cache, corr: Cache, 
     rows = tokens.shape[0]
     out = corr_metric.expand(n_layers * n_index, -1).clone()
     todo = []
+    patched = [site.patched_all(layer, clean, corr) for layer in range(n_layers)]
     for layer in range(n_layers):
         corrupted = site.corrupted(layer, corr)
         for index in range(n_index):
-            if skip and _first_changed(site, site.target(layer, index, clean, corr), corrupted) is None:
+            target = site.target(layer, index, clean, corr, patched[layer])
+            if skip and _first_changed(site, target, corrupted) is None:
                 continue
             todo.append((layer, index))
 
@@ -643,7 +646,7 @@ def _hook_sweep(model: Any, arith: None, site: Site, clean: Cache, corr: Cache, 
                 def hook(act: Tensor, hook: Any) -> Tensor:
                     act = act.clone()
                     for slot, index in cells:
-                        act[slot * rows:(slot + 1) * rows] = site.target(layer, index, clean, corr)
+                        act[slot * rows:(slot + 1) * rows] = site.target(layer, index, clean, corr, patched[layer])
                     return act
                 return hook
 
