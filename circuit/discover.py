@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from circuit import measures
 from circuit.decision import FamilyWise, Rule
 from circuit.spec import (
     AttributionCompletenessClaim,
@@ -46,7 +47,8 @@ from circuit.spec import (
     ValuePlusPatternClaim,
 )
 
-__all__ = ["DiscoveryOptions", "discover", "draft_rule", "draw_prompt_sets", "render_spec", "main"]
+__all__ = ["DRAFTERS", "DiscoveryOptions", "DraftContext", "discover", "draft_rule", "drafts", "draw_prompt_sets",
+           "render_spec", "main"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,60 @@ class Draft:
 
     spec: Spec
     notes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DraftContext:
+    """What a claim's drafter (:func:`drafts`) measures with, and the helpers that keep drafts consistent."""
+
+    lab: Any
+    """The lab at the per-set level a claim test is judged at (draft thresholds from its intervals)."""
+    spread: Any
+    """The lab at the spec's level (95%): intervals whose width sets a baseline ``tolerance``."""
+    sets: tuple[Any, ...]
+    """The measured prompt sets; a drafted claim must hold on every one."""
+    options: DiscoveryOptions
+    n_layers: int
+    n_heads: int
+    stated: dict[str, Any]
+    """The claims drafted so far, by id (e.g. ``stated.get("final-token-localization")`` for its late layer)."""
+
+    def intervals(self, measure: Any, *, spread: bool = False) -> list[Any]:
+        """``measure(lab, prompt_set)`` on every measured set (at the spec's level when ``spread``)."""
+        lab = self.spread if spread else self.lab
+        return [measure(lab, ps) for ps in self.sets]
+
+    def rule(self, kind: str, intervals: Sequence[Any], name: str = "") -> Any:
+        """The claims' rule with a threshold ``options.margin`` beyond every interval (:func:`draft_rule`)."""
+        return draft_rule(kind, intervals, self.options.margin, self.options.grid, name)
+
+    def tolerance(self, measure: Any) -> float:
+        """A baseline tolerance: half the median width of ``measure``'s 95% intervals, rounded up to the grid."""
+        return _ceil(width_of(self.intervals(measure, spread=True)), self.options.grid)
+
+    @property
+    def late_from_layer(self) -> int | None:
+        """The late layers found by final-token localization (None when that claim is not stated)."""
+        claim = self.stated.get("final-token-localization")
+        return None if claim is None else claim.late_from_layer
+
+
+DRAFTERS: dict[str, Any] = {}
+"""Claim id -> its drafter, ``drafter(context: DraftContext) -> (parameters or None, note)``; filled by
+:func:`drafts` in claim modules (``python -m circuit.discover`` imports those of ``--claims-dir``)."""
+
+
+def drafts(claim_id: str) -> Any:
+    """Decorator: declare a function as the drafter of ``claim_id`` for discovery.
+
+    It receives a :class:`DraftContext` and returns ``(parameters, note)``: the claim's parameters (its
+    ``@register_claim`` dataclass) when the claim holds on every measured set, else ``None`` and a note saying
+    why, with the numbers (the note is written as a comment in the draft)."""
+    def decorate(fn: Any) -> Any:
+        DRAFTERS[claim_id] = fn
+        return fn
+
+    return decorate
 
 
 def _floor(x: float, grid: float) -> float:
@@ -159,7 +215,10 @@ def width_of(intervals: Sequence[Any]) -> float:
 
 def discover(model: Any, options: DiscoveryOptions, *, match: Sequence[str]) -> Draft:
     """Measure ``model`` (a ``circuit.models.LoadedModel``) and return the draft spec."""
+    from dataclasses import replace
+
     from circuit.lab import Lab
+    from circuit.stats import NonFiniteError
 
     cfg = model.bridge.cfg
     n_layers, n_heads = cfg.n_layers, cfg.n_heads
@@ -179,32 +238,32 @@ def discover(model: Any, options: DiscoveryOptions, *, match: Sequence[str]) -> 
     separations = [lab.task_separation(ps) for ps in sets]
     if not all(Rule("excludes", 0).holds(s) for s in separations):
         notes["task-solved"] = f"not stated: clean - corrupted = {[str(s) for s in separations]}"
-        for claim_id in ("final-token-localization", "mlp-over-attention", "named-heads", "value-plus-pattern"):
+        for claim_id in ("final-token-localization", "mlp-over-attention", "named-heads", "value-plus-pattern",
+                         *DRAFTERS):
             notes[claim_id] = "not stated: not measured, the task is not solved (see task-solved)"
+        claims = {claim_id: replace(claim, origin="discovery") for claim_id, claim in claims.items()}
         return Draft(_with(base, claims), notes)
     claims["task-solved"] = TaskSolvedClaim(tolerance=_ceil(width_of([spread.task_separation(ps) for ps in sets]), g))
 
     late = next((layer for layer in range(n_layers)
-                 if all(float(lab.final_recovery(ps, layer).low) >= options.min_recovery
-                        and float(lab.other_recovery(ps, layer).high) <= options.max_other_recovery for ps in sets)),
+                 if all(float(measures.final_recovery(lab, ps, layer).low) >= options.min_recovery
+                        and float(measures.other_recovery(lab, ps, layer).high) <= options.max_other_recovery for ps in sets)),
                 None)
     if late is None:
         notes["final-token-localization"] = (
             f"not stated: no layer from which the final position recovers >= {options.min_recovery} and no other "
             f"position more than {options.max_other_recovery}")
     else:
-        finals = [lab.final_recovery(ps, late) for ps in sets]
-        others = [lab.other_recovery(ps, late) for ps in sets]
+        finals = [measures.final_recovery(lab, ps, late) for ps in sets]
+        others = [measures.other_recovery(lab, ps, late) for ps in sets]
         claims["final-token-localization"] = FinalTokenLocalizationClaim(
-            tolerance=_ceil(width_of([spread.final_recovery(ps, late) for ps in sets]), g), late_from_layer=late,
+            tolerance=_ceil(width_of([measures.final_recovery(spread, ps, late) for ps in sets]), g), late_from_layer=late,
             min_recovery=draft_rule(">=", finals, m, g).threshold,
             max_other_recovery=draft_rule("<=", others, m, g).threshold)
 
     from_layer = 0 if late is None else late
-    from circuit.stats import NonFiniteError
-
     try:
-        ratios = [lab.mlp_attention_ratio(ps, method, from_layer) for ps in sets
+        ratios = [measures.mlp_attention_ratio(lab, ps, method, from_layer) for ps in sets
                   for method in ("activation", "attribution")]
         lowest = min(float(r.low) for r in ratios)
     except NonFiniteError as error:  # a resample whose attention effects are all 0
@@ -212,7 +271,7 @@ def discover(model: Any, options: DiscoveryOptions, *, match: Sequence[str]) -> 
         notes["mlp-over-attention"] = f"not stated: sum|MLP| / sum|attention| from layer {from_layer}: {error}"
     if ratios and lowest > 1.0:
         claims["mlp-over-attention"] = MlpOverAttentionClaim(
-            tolerance=_ceil(width_of([spread.mlp_attention_ratio(ps, method, from_layer) for ps in sets
+            tolerance=_ceil(width_of([measures.mlp_attention_ratio(spread, ps, method, from_layer) for ps in sets
                                       for method in ("activation", "attribution")]), g),
             from_layer=from_layer, min_ratio=1.0)
     elif ratios:
@@ -225,18 +284,29 @@ def discover(model: Any, options: DiscoveryOptions, *, match: Sequence[str]) -> 
     if note:
         notes["named-heads"] = note
 
-    correlations = [lab.value_pattern_correlation(ps) for ps in sets]
-    residuals = [lab.value_pattern_residual(ps) for ps in sets]
+    correlations = [measures.value_pattern_correlation(lab, ps) for ps in sets]
+    residuals = [measures.value_pattern_residual(lab, ps) for ps in sets]
     low_corr = min(float(c.low) for c in correlations)
     if low_corr >= 0.5:
         claims["value-plus-pattern"] = ValuePlusPatternClaim(
-            tolerance=_ceil(width_of([spread.value_pattern_correlation(ps) for ps in sets]), g),
+            tolerance=_ceil(width_of([measures.value_pattern_correlation(spread, ps) for ps in sets]), g),
             min_correlation=draft_rule(">=", correlations, m, g).threshold,
             max_residual=draft_rule("<=", residuals, m, g).threshold)
     else:
         notes["value-plus-pattern"] = f"not stated: correlation of (v + pattern) with z, lowest CI low {low_corr:.3g}"
 
     notes.update(_top_head_attention_note(lab, sets, n_layers))
+    context = DraftContext(lab, spread, tuple(sets), options, n_layers, n_heads, claims)
+    for claim_id, drafter in sorted(DRAFTERS.items()):
+        try:
+            drafted, note = drafter(context)
+        except NonFiniteError as error:
+            drafted, note = None, f"not stated: {error}"
+        if drafted is not None:
+            claims[claim_id] = drafted
+        if note:
+            notes[claim_id] = note
+    claims = {claim_id: replace(claim, origin="discovery") for claim_id, claim in claims.items()}
     return Draft(_with(base, claims), notes)
 
 
@@ -256,12 +326,12 @@ def _named_heads(lab: Any, spread: Any, sets: Sequence[Any], options: DiscoveryO
     import torch
 
     bound = max(1, int(options.max_rank_fraction * n_layers * n_heads))
-    z = torch.stack([lab.head_values(ps, "z_patching").mean(-1) for ps in sets]).mean(0)
+    z = torch.stack([measures.head_values(lab, ps, "z_patching").mean(-1) for ps in sets]).mean(0)
     order = z.abs().flatten().argsort(descending=True)[: options.n_heads_named].tolist()
     heads, worst, dropped, spreads = [], [], [], []
     for flat in order:
         layer, index = divmod(flat, n_heads)
-        attributions = [lab.ci(lab.head_values(ps, "attribution")[layer, index]) for ps in sets]
+        attributions = [lab.ci(measures.head_values(lab, ps, "attribution")[layer, index]) for ps in sets]
         if all(float(a.low) > 0 for a in attributions):
             sign = "positive"
         elif all(float(a.high) < 0 for a in attributions):
@@ -269,7 +339,7 @@ def _named_heads(lab: Any, spread: Any, sets: Sequence[Any], options: DiscoveryO
         else:
             sign = "any"
         label = f"L{layer}H{index}"
-        ranks = {by: [lab.worst_head_rank(ps, [NamedHead(label, sign, (by,))], by) for ps in sets]
+        ranks = {by: [measures.worst_head_rank(lab, ps, [NamedHead(label, sign, (by,))], by) for ps in sets]
                  for by in ("z_patching", "attribution")}
         by = tuple(b for b, r in ranks.items() if max(float(i.high) for i in r) <= bound)
         if "z_patching" not in by:
@@ -277,7 +347,7 @@ def _named_heads(lab: Any, spread: Any, sets: Sequence[Any], options: DiscoveryO
             continue
         heads.append(NamedHead(head=label, sign=sign, by=by))
         worst += [i for b in by for i in ranks[b]]
-        spreads += [spread.worst_head_rank(ps, [heads[-1]], b) for b in by for ps in sets]
+        spreads += [measures.worst_head_rank(spread, ps, [heads[-1]], b) for b in by for ps in sets]
     note = f"heads not named, ranked beyond {bound} of {n_layers * n_heads}: {dropped}" if dropped else ""
     if not heads:
         return None, note or "not stated: no head ranks consistently"
@@ -310,6 +380,19 @@ def _toml_value(value: Any) -> str:
     return str(value)
 
 
+def _toml_field(name: str, value: Any) -> list[str]:
+    """``name = value`` lines; a tuple of dataclasses is an array of inline tables, one per line."""
+    from dataclasses import fields, is_dataclass
+
+    if isinstance(value, tuple) and value and is_dataclass(value[0]):
+        rows = ["{ " + ", ".join(f"{f.name} = {_toml_value(getattr(v, f.name))}" for f in fields(v)) + " },"
+                for v in value]
+        return [f"{name} = ["] + [f"    {row}" for row in rows] + ["]"]
+    if hasattr(value, "values") and hasattr(value, "at"):  # PerDtype
+        return [f"{name} = {value}"]
+    return [f"{name} = {_toml_value(value)}"]
+
+
 def render_spec(draft: Draft, *, header: str = "") -> str:
     """The draft as TOML, with a comment for every claim that is not stated."""
     from dataclasses import fields
@@ -329,13 +412,7 @@ def render_spec(draft: Draft, *, header: str = "") -> str:
         claim = spec.claims[claim_id]
         lines.append(f"[claims.{claim_id}]")
         for f in fields(claim):
-            value = getattr(claim, f.name)
-            if f.name == "heads":
-                lines.append("heads = [")
-                lines += [f'    {{ head = "{h.head}", sign = "{h.sign}", by = {_toml_value(h.by)} }},' for h in value]
-                lines.append("]")
-            else:
-                lines.append(f"{f.name} = {_toml_value(value)}")
+            lines += _toml_field(f.name, getattr(claim, f.name))
     return "\n".join(lines) + "\n"
 
 
@@ -374,10 +451,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--metric", default="first_differing_token", choices=["seed", "first_differing_token"])
     parser.add_argument("--corruptions", nargs="+", default=["same_length"], choices=["same_length", "reversed"])
     parser.add_argument("--prompt-sets", type=int, default=DiscoveryOptions.n_prompt_sets)
+    parser.add_argument("--claims-dir", type=Path, default=Path("claims"),
+                        help="the folder of claim modules whose drafters (@drafts) run too (default: ./claims)")
     args = parser.parse_args(argv)
     problem = _bad_arguments(args, DiscoveryOptions.statistics.min_prompts)
     if problem:
         parser.error(problem)
+    if not args.claims_dir.is_dir():
+        parser.error(f"--claims-dir {args.claims_dir}: no such folder; pass the folder of claim modules (claims/).")
+    from circuit.spec import import_claims
+
+    import_claims(args.claims_dir)
 
     from circuit.models import ModelLoadError, load_model, resolve_device
 

@@ -36,11 +36,16 @@ value of the model's dtype with ``claim.atol.at(model.dtype)``.
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, dataclass, fields
+import sys
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, NewType
 
 try:
     import tomllib
@@ -51,8 +56,11 @@ __all__ = [
     "AttributionCompletenessClaim",
     "ClaimSpec",
     "FinalTokenLocalizationClaim",
+    "Head",
     "HfEquivalenceClaim",
     "KNOWN_CLAIMS",
+    "Layer",
+    "LayerBound",
     "MlpOverAttentionClaim",
     "ModelSpec",
     "NamedHead",
@@ -66,8 +74,10 @@ __all__ = [
     "TopHeadAttentionClaim",
     "ValuePlusPatternClaim",
     "find_spec",
+    "import_claims",
     "load_spec",
     "parse_head",
+    "register_claim",
 ]
 
 _HEAD = re.compile(r"^L(\d+)H(\d+)$")
@@ -180,14 +190,104 @@ class PromptSpec:
     sets whose answers first differ at different depths are not drawn)."""
 
 
+Layer = NewType("Layer", int)
+"""A field holding a layer index (0 .. n_layers - 1): checked against the model under test."""
+LayerBound = NewType("LayerBound", int)
+"""A field holding an exclusive layer bound (0 .. n_layers), e.g. "layers before this one"."""
+Head = NewType("Head", str)
+"""A field holding a head label, 'L<layer>H<head>': checked for form and against the model under test."""
+
+ORIGINS = ("hand", "discovery")
+
+
 @dataclass(frozen=True)
 class ClaimSpec:
-    """Fields every claim has."""
+    """Fields every claim has. A claim's parameters subclass this (``@register_claim("my-claim")``)."""
 
     tolerance: float
     """Regression tolerance: with ``--baseline``, the claim fails if its statistic moved by more than this."""
+    origin: str = field(default="hand", kw_only=True)
+    """Who stated the claim: "hand" (a researcher, e.g. from the source analysis; the default) or "discovery"
+    (drafted by ``python -m circuit.discover``; its test compares only these with a fresh draft)."""
+
+    TOP_K_OVER_HEADS: ClassVar[bool] = False
+    """Whether a ``top_k`` field counts heads (then it may not exceed the model's layers x heads)."""
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the field if the values contradict each other (override to add checks;
+        types, ranges of layers and heads, and ``tolerance >= 0`` are checked for every claim)."""
 
 
+KNOWN_CLAIMS: dict[str, type[ClaimSpec]] = {}
+"""Claim ids a spec may state -> the dataclass of each one's parameters; filled by :func:`register_claim`
+(the built-in claims below, and every claim module imported, e.g. by pytest collecting ``claims/``)."""
+
+_CLAIM_ID = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+
+
+def register_claim(claim_id: str) -> Callable[[type], type]:
+    """Class decorator: declare ``cls`` (a frozen dataclass subclassing :class:`ClaimSpec`) as the parameters
+    of claim ``claim_id``, so that a spec's ``[claims.<claim_id>]`` table is validated into it::
+
+        @register_claim("logit-lens-monotone")
+        @dataclass(frozen=True)
+        class LogitLensMonotone(ClaimSpec):
+            from_layer: Layer
+            \"\"\"The first layer whose step is judged.\"\"\"
+
+    Field types the loader understands: ``int``, ``float``, ``str``, ``bool``, :data:`Layer`,
+    :data:`LayerBound`, :data:`Head`, :class:`PerDtype`, ``X | None``, ``tuple[X, ...]`` and nested frozen
+    dataclasses (a TOML table, or an array of tables for a tuple of them). A field's docstring (the string
+    after it) is quoted when the field is missing from a spec.
+
+    Raises:
+        ValueError: a malformed id, a class that is not a frozen ``ClaimSpec`` dataclass, or an id already
+            declared by another file.
+    """
+    if not isinstance(claim_id, str) or not _CLAIM_ID.match(claim_id):
+        raise ValueError(f"Claim id {claim_id!r}: use lower-case words joined by hyphens, e.g. 'named-heads'.")
+
+    def decorate(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, ClaimSpec) and is_dataclass(cls)
+                and cls.__dataclass_params__.frozen):  # type: ignore[attr-defined]
+            raise ValueError(f"@register_claim({claim_id!r}) decorates {cls!r}: it must be a "
+                             f"@dataclass(frozen=True) subclass of circuit.spec.ClaimSpec (put @register_claim above "
+                             f"@dataclass).")
+        known = KNOWN_CLAIMS.get(claim_id)
+        if known is not None and _source_of(known) != _source_of(cls):
+            raise ValueError(f"Claim id {claim_id!r} is declared twice: by {known.__qualname__} in {_source_of(known)} "
+                             f"and by {cls.__qualname__} in {_source_of(cls)}. Rename one.")
+        KNOWN_CLAIMS[claim_id] = cls  # the same file imported again (e.g. under another module name) replaces it
+        return cls
+
+    return decorate
+
+
+def _source_of(cls: type) -> str:
+    try:
+        return str(Path(inspect.getfile(cls)).resolve())
+    except (TypeError, OSError):  # pragma: no cover - classes defined interactively
+        return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def import_claims(folder: str | Path) -> list[types.ModuleType]:
+    """Import every ``test_*.py`` module in ``folder`` (a claims folder), so that the claims they declare
+    with :func:`register_claim` are known; returns the modules. Modules already imported (by pytest, say)
+    are imported again under a private name; their claims replace themselves."""
+    modules = []
+    for path in sorted(Path(folder).glob("test_*.py")):
+        name = f"_circuit_claims_.{path.stem}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:  # pragma: no cover
+            continue
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        modules.append(module)
+    return modules
+
+
+@register_claim("hf-equivalence")
 @dataclass(frozen=True)
 class HfEquivalenceClaim(ClaimSpec):
     """Claim 1: the TransformerLens bridge computes the same probabilities as the HF model."""
@@ -200,16 +300,18 @@ class HfEquivalenceClaim(ClaimSpec):
     (on that model, a layer-0 MLP scaled by 1.1 gives 0.46, a layer-2 MLP scaled by 1.5 only 0.17)."""
 
 
+@register_claim("task-solved")
 @dataclass(frozen=True)
 class TaskSolvedClaim(ClaimSpec):
     """Claim 2 (precondition): clean and corrupted logit differences differ (CI of the mean excludes 0)."""
 
 
+@register_claim("final-token-localization")
 @dataclass(frozen=True)
 class FinalTokenLocalizationClaim(ClaimSpec):
     """Claim 3: patching the residual stream at the final position recovers the clean logit difference."""
 
-    late_from_layer: int
+    late_from_layer: Layer
     """The first layer counted as late."""
     min_recovery: float
     """Mean normalized recovery at the final position over late layers must be at least this (CI low)."""
@@ -217,11 +319,12 @@ class FinalTokenLocalizationClaim(ClaimSpec):
     """In late layers, no other position may recover more than this (CI high of the largest)."""
 
 
+@register_claim("mlp-over-attention")
 @dataclass(frozen=True)
 class MlpOverAttentionClaim(ClaimSpec):
     """Claim 4: MLP outputs matter more than attention outputs at the final position."""
 
-    from_layer: int
+    from_layer: Layer
     """Only layers from this one on are summed (0: all layers)."""
     min_ratio: float
     """sum |MLP effect| / sum |attention effect| must exceed this (CI low), by patching and by attribution."""
@@ -231,7 +334,7 @@ class MlpOverAttentionClaim(ClaimSpec):
 class NamedHead:
     """One head the analysis names."""
 
-    head: str
+    head: Head
     """The head, as 'L<layer>H<head>'."""
     sign: str
     """Its stated direct effect on the logit difference: 'positive', 'negative' or 'any'."""
@@ -247,9 +350,12 @@ class NamedHead:
         return parse_head(self.head)[1]
 
 
+@register_claim("named-heads")
 @dataclass(frozen=True)
 class NamedHeadsClaim(ClaimSpec):
     """Claim 5: the named heads matter."""
+
+    TOP_K_OVER_HEADS = True
 
     top_k: int
     """Each named head must rank within the top k (CI high of its rank <= k)."""
@@ -257,6 +363,7 @@ class NamedHeadsClaim(ClaimSpec):
     """The named heads."""
 
 
+@register_claim("value-plus-pattern")
 @dataclass(frozen=True)
 class ValuePlusPatternClaim(ClaimSpec):
     """Claim 6: per head, value patching + pattern patching effects add up to the z patching effect."""
@@ -267,15 +374,18 @@ class ValuePlusPatternClaim(ClaimSpec):
     """Largest |v + pattern - z| over heads, in normalized units, must be at most this (CI high)."""
 
 
+@register_claim("top-head-attention")
 @dataclass(frozen=True)
 class TopHeadAttentionClaim(ClaimSpec):
     """Claim 7: late top heads attend to BOS; early top heads attend near-uniformly."""
 
+    TOP_K_OVER_HEADS = True
+
     top_k: int
     """How many heads (by |z patching effect|) count as top heads."""
-    late_from_layer: int
+    late_from_layer: Layer
     """Top heads in this layer or later are late."""
-    early_until_layer: int
+    early_until_layer: LayerBound
     """Top heads before this layer are early."""
     min_bos_attention: float
     """Every late top head's mean attention to BOS (from the final position) must be at least this (CI low)."""
@@ -283,6 +393,7 @@ class TopHeadAttentionClaim(ClaimSpec):
     """Every early top head's attention entropy / log(#keys) must be at least this (CI low)."""
 
 
+@register_claim("attribution-completeness")
 @dataclass(frozen=True)
 class AttributionCompletenessClaim(ClaimSpec):
     """Claim 8: direct logit attributions of all components add up to the logit difference."""
@@ -294,17 +405,6 @@ class AttributionCompletenessClaim(ClaimSpec):
     float16); on the default model the largest gap was 0.074 (bfloat16) and 0.010 (float16)."""
 
 
-KNOWN_CLAIMS: dict[str, type[ClaimSpec]] = {
-    "hf-equivalence": HfEquivalenceClaim,
-    "task-solved": TaskSolvedClaim,
-    "final-token-localization": FinalTokenLocalizationClaim,
-    "mlp-over-attention": MlpOverAttentionClaim,
-    "named-heads": NamedHeadsClaim,
-    "value-plus-pattern": ValuePlusPatternClaim,
-    "top-head-attention": TopHeadAttentionClaim,
-    "attribution-completeness": AttributionCompletenessClaim,
-}
-"""Claim ids a spec may state, and the dataclass of each one's parameters."""
 
 
 @dataclass(frozen=True)
@@ -343,22 +443,36 @@ def _fail(path: Path, key: str, problem: str) -> SpecError:
     return SpecError(f"{path}: [{key}] {problem}")
 
 
-def _convert(path: Path, key: str, value: Any, annotation: Any) -> Any:
-    """Check ``value`` against a field annotation (as a string, from ``from __future__ import annotations``)."""
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    optional = text.endswith("| None")
-    base = text.removesuffix(" | None").strip()
-    if value is None and optional:
-        return None
-    if base == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _fail(path, key, f"must be an integer, got {value!r}.")
-        return value
-    if base == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _fail(path, key, f"must be a number, got {value!r}.")
-        return float(value)
-    if base == "PerDtype":
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "None"
+    if isinstance(tp, NewType):
+        return tp.__name__
+    if typing.get_origin(tp) is not None:
+        return str(tp).replace("typing.", "").replace("circuit.spec.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(path: Path, key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` (from TOML) against a resolved field type and convert it (see :func:`register_claim`)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return _convert(path, key, value, options[0])
+        raise AssertionError(f"unsupported field type {tp}")  # pragma: no cover - a bug in a claim's parameters
+    if origin is tuple:
+        item = args[0]
+        if isinstance(item, type) and is_dataclass(item):
+            example = "{" + ", ".join(f"{f.name} = ..." for f in fields(item)) + "}"
+            if not isinstance(value, list) or not value or not all(isinstance(v, dict) for v in value):
+                raise _fail(path, key, f"must be a non-empty array of tables like {example}, got {value!r}.")
+        elif not isinstance(value, list):
+            raise _fail(path, key, f"must be a list of {_type_name(item)}, got {value!r}.")
+        return tuple(_convert(path, f"{key}[{i}]", v, item) for i, v in enumerate(value))
+    if isinstance(tp, type) and tp is PerDtype:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return PerDtype(*(float(value),) * len(DTYPES))
         if not isinstance(value, dict):
@@ -368,38 +482,83 @@ def _convert(path: Path, key: str, value: Any, annotation: Any) -> Any:
         if unknown or missing:
             raise _fail(path, key, f"a per-dtype table needs exactly the keys {list(DTYPES)}; "
                                    f"unknown {unknown}, missing {missing}.")
-        return PerDtype(**{d: _convert(path, f"{key}.{d}", value[d], "float") for d in DTYPES})
-    if base == "str":
+        return PerDtype(**{d: _convert(path, f"{key}.{d}", value[d], float) for d in DTYPES})
+    if isinstance(tp, type) and is_dataclass(tp):
+        return _build(path, key, value, tp)
+    base = tp.__supertype__ if isinstance(tp, NewType) else tp
+    if base is bool:
+        if not isinstance(value, bool):
+            raise _fail(path, key, f"must be true or false, got {value!r}.")
+        return value
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(path, key, f"must be an integer, got {value!r}.")
+        if tp in (Layer, LayerBound) and value < 0:
+            raise _fail(path, key, f"must be a layer index >= 0, got {value}.")
+        return value
+    if base is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _fail(path, key, f"must be a number, got {value!r}.")
+        return float(value)
+    if base is str:
         if not isinstance(value, str):
             raise _fail(path, key, f"must be a string, got {value!r}.")
+        if tp is Head:
+            try:
+                parse_head(value)
+            except ValueError as error:
+                raise _fail(path, key, str(error)) from None
         return value
-    if base == "tuple[str, ...]":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise _fail(path, key, f"must be a list of strings, got {value!r}.")
-        return tuple(value)
-    if base == "tuple[NamedHead, ...]":
-        if not isinstance(value, list) or not value or not all(isinstance(v, dict) for v in value):
-            raise _fail(path, key, f"must be a non-empty array of tables like "
-                                   f"{{head = \"L23H1\", sign = \"positive\", by = [\"z_patching\"]}}, got {value!r}.")
-        return tuple(_build(path, f"{key}[{i}]", v, NamedHead) for i, v in enumerate(value))
-    raise AssertionError(f"unhandled annotation {text}")  # pragma: no cover - a bug in this module
+    raise AssertionError(f"unsupported field type {tp}")  # pragma: no cover - a bug in a claim's parameters
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved field types of a dataclass (its module's names: ``Layer``, nested dataclasses...)."""
+    try:
+        return typing.get_type_hints(cls)
+    except NameError as error:
+        raise TypeError(f"{cls.__qualname__}: a field's type is not importable where the class is defined "
+                        f"({error}).") from None
 
 
 def _build(path: Path, key: str, table: Any, cls: type) -> Any:
     if not isinstance(table, dict):
         raise _fail(path, key, f"must be a table, got {table!r}.")
-    hints = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(table) - set(hints))
+    hints = _hints(cls)
+    declared = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(table) - set(declared))
     if unknown:
-        raise _fail(path, key, f"unknown field(s) {unknown}; {cls.__name__} has {sorted(hints)}.")
+        raise _fail(path, key, f"unknown field(s) {unknown}; {cls.__name__} has {sorted(declared)}.")
     values = {}
-    for name, f in hints.items():
+    for name, f in declared.items():
         if name not in table:
-            if f.default is MISSING:
+            if f.default is MISSING and f.default_factory is MISSING:
                 raise _fail(path, f"{key}.{name}", f"missing field: {_field_doc(cls, name)}")
             continue
-        values[name] = _convert(path, f"{key}.{name}", table[name], f.type)
+        values[name] = _convert(path, f"{key}.{name}", table[name], hints[name])
     return cls(**values)
+
+
+def _typed_values(obj: Any, key: str):
+    """``(key, type, value)`` of every field of a dataclass, recursing into tuples and nested dataclasses."""
+    hints = _hints(type(obj))
+    for f in fields(obj):
+        value, tp = getattr(obj, f.name), hints[f.name]
+        yield from _typed_value(value, tp, f"{key}.{f.name}")
+
+
+def _typed_value(value: Any, tp: Any, key: str):
+    if value is None:
+        return
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if typing.get_origin(tp) is tuple:
+        for i, item in enumerate(value):
+            yield from _typed_value(item, typing.get_args(tp)[0], f"{key}[{i}]")
+    elif is_dataclass(value) and not isinstance(value, PerDtype):
+        yield from _typed_values(value, key)
+    else:
+        yield key, tp, value
 
 
 def _field_doc(cls: type, name: str) -> str:
@@ -451,27 +610,30 @@ def _check_values(spec: Spec) -> None:
     if bad:
         raise _fail(path, "prompts.corruptions", f"unknown corruption(s) {bad}; choose from {list(_CORRUPTIONS)}.")
     for claim_id, claim in spec.claims.items():
+        key = f"claims.{claim_id}"
         if claim.tolerance < 0:
-            raise _fail(path, f"claims.{claim_id}.tolerance", f"must be >= 0, got {claim.tolerance}.")
+            raise _fail(path, f"{key}.tolerance", f"must be >= 0, got {claim.tolerance}.")
+        if claim.origin not in ORIGINS:
+            raise _fail(path, f"{key}.origin", f"is {claim.origin!r}; use one of {list(ORIGINS)}.")
         for f in fields(claim):
             value = getattr(claim, f.name)
             if isinstance(value, PerDtype) and min(value.values()) < 0:
-                raise _fail(path, f"claims.{claim_id}.{f.name}", f"must be >= 0 at every dtype, got {value}.")
-        for name in ("top_k", "late_from_layer", "early_until_layer", "from_layer"):
-            value = getattr(claim, name, None)
-            if value is not None and value < (1 if name == "top_k" else 0):
-                raise _fail(path, f"claims.{claim_id}.{name}", f"must be {'>= 1' if name == 'top_k' else '>= 0'}, "
-                                                               f"got {value}.")
+                raise _fail(path, f"{key}.{f.name}", f"must be >= 0 at every dtype, got {value}.")
+        top_k = getattr(claim, "top_k", None)
+        if isinstance(top_k, int) and top_k < 1:
+            raise _fail(path, f"{key}.top_k", f"must be >= 1, got {top_k}.")
         for i, head in enumerate(getattr(claim, "heads", ())):
-            key = f"claims.{claim_id}.heads[{i}]"
-            try:
-                parse_head(head.head)
-            except ValueError as error:
-                raise _fail(path, f"{key}.head", str(error)) from None
+            if not isinstance(head, NamedHead):
+                continue
             if head.sign not in _SIGNS:
-                raise _fail(path, f"{key}.sign", f"is {head.sign!r}; use one of {list(_SIGNS)}.")
+                raise _fail(path, f"{key}.heads[{i}].sign", f"is {head.sign!r}; use one of {list(_SIGNS)}.")
             if not head.by or set(head.by) - set(_RANKINGS):
-                raise _fail(path, f"{key}.by", f"is {list(head.by)}; use a non-empty subset of {list(_RANKINGS)}.")
+                raise _fail(path, f"{key}.heads[{i}].by",
+                            f"is {list(head.by)}; use a non-empty subset of {list(_RANKINGS)}.")
+        try:
+            claim.check()
+        except ValueError as error:
+            raise _fail(path, key, str(error)) from None
 
 
 def _check_sizes(spec: Spec, n_layers: int, n_heads: int) -> None:
@@ -481,20 +643,18 @@ def _check_sizes(spec: Spec, n_layers: int, n_heads: int) -> None:
             raise _fail(path, f"model.{name}", f"the spec is for a model with {name}={stated}, but the model under "
                                                f"test has {name}={actual}. Choose its spec with --claims-spec.")
     for claim_id, claim in spec.claims.items():
-        for name in ("late_from_layer", "early_until_layer", "from_layer"):
-            value = getattr(claim, name, None)
-            limit = n_layers if name == "early_until_layer" else n_layers - 1
-            if value is not None and value > limit:
-                raise _fail(path, f"claims.{claim_id}.{name}",
-                            f"layer {value} is out of range: the model has layers 0..{n_layers - 1}.")
-        for i, head in enumerate(getattr(claim, "heads", ())):
-            layer, index = parse_head(head.head)
-            if layer >= n_layers or index >= n_heads:
-                raise _fail(path, f"claims.{claim_id}.heads[{i}].head",
-                            f"head {head.head} is out of range: the model has layers 0..{n_layers - 1} and heads "
-                            f"0..{n_heads - 1} per layer.")
+        for key, tp, value in _typed_values(claim, f"claims.{claim_id}"):
+            if tp in (Layer, LayerBound):
+                limit = n_layers if tp is LayerBound else n_layers - 1
+                if value > limit:
+                    raise _fail(path, key, f"layer {value} is out of range: the model has layers 0..{n_layers - 1}.")
+            elif tp is Head:
+                layer, index = parse_head(value)
+                if layer >= n_layers or index >= n_heads:
+                    raise _fail(path, key, f"head {value} is out of range: the model has layers 0..{n_layers - 1} "
+                                           f"and heads 0..{n_heads - 1} per layer.")
         top_k = getattr(claim, "top_k", None)
-        if top_k is not None and top_k > n_layers * n_heads:
+        if isinstance(top_k, int) and type(claim).TOP_K_OVER_HEADS and top_k > n_layers * n_heads:
             raise _fail(path, f"claims.{claim_id}.top_k",
                         f"top_k={top_k} exceeds the model's {n_layers * n_heads} heads.")
 
@@ -525,7 +685,8 @@ def load_spec(path: str | Path, *, n_layers: int | None = None, n_heads: int | N
     claims = {}
     for claim_id, table in claims_table.items():
         if claim_id not in KNOWN_CLAIMS:
-            raise _fail(path, f"claims.{claim_id}", f"unknown claim id {claim_id!r}; known: {sorted(KNOWN_CLAIMS)}.")
+            raise _fail(path, f"claims.{claim_id}", f"unknown claim id {claim_id!r}; known: {sorted(KNOWN_CLAIMS)}. "
+                                                    f"A claim is declared with @register_claim in its claims/ file.")
         claims[claim_id] = _build(path, f"claims.{claim_id}", table, KNOWN_CLAIMS[claim_id])
     spec = Spec(
         path=path,

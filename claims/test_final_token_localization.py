@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from circuit import measures
 from circuit.decision import Rule
 from circuit.report import heatmap
 
@@ -32,7 +33,7 @@ def test_final_position_recovers_in_late_layers(model, lab, claim, evidence, dat
     prompt_set = lab.draw(data)
     lab.require_task_solved(prompt_set, evidence)
     late = claim.late_from_layer
-    judged = lab.judge(Rule(">=", claim.min_recovery), prompt_set, lambda lab, ps: lab.final_recovery(ps, late),
+    judged = lab.judge(Rule(">=", claim.min_recovery), prompt_set, lambda lab, ps: measures.final_recovery(lab, ps, late),
                        n_sets=settings().max_examples)
     record = evidence.record(
         f"mean normalized recovery at the final position, layers {late}+", judged.interval, judgement=judged,
@@ -48,7 +49,7 @@ def test_no_other_position_recovers_in_late_layers(model, lab, claim, evidence, 
     lab.require_task_solved(prompt_set, evidence)
     late = claim.late_from_layer
     judged = lab.judge(Rule("<=", claim.max_other_recovery), prompt_set,
-                       lambda lab, ps: lab.other_recovery(ps, late), n_sets=settings().max_examples)
+                       lambda lab, ps: measures.other_recovery(lab, ps, late), n_sets=settings().max_examples)
     record = evidence.record(
         f"largest normalized recovery at any non-final position, layers {late}+", judged.interval,
         judgement=judged, prompt_set=prompt_set, figures=_figure(lab, prompt_set),

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from circuit import measures
 from circuit.decision import Rule
 from circuit.report import heatmap, line_figure
 
@@ -42,7 +43,7 @@ def test_mlp_outweighs_attention_by_activation_patching(model, lab, claim, evide
     prompt_set = lab.draw(data)
     lab.require_task_solved(prompt_set, evidence)
     judged = lab.judge(Rule(">", claim.min_ratio), prompt_set,
-                       lambda lab, ps: lab.mlp_attention_ratio(ps, "activation", claim.from_layer),
+                       lambda lab, ps: measures.mlp_attention_ratio(lab, ps, "activation", claim.from_layer),
                        n_sets=settings().max_examples)
     record = evidence.record(
         f"sum |MLP effect| / sum |attention effect| at the final position, layers {claim.from_layer}+ "
@@ -58,7 +59,7 @@ def test_mlp_outweighs_attention_by_attribution_patching(model, lab, claim, evid
     prompt_set = lab.draw(data)
     lab.require_task_solved(prompt_set, evidence)
     judged = lab.judge(Rule(">", claim.min_ratio), prompt_set,
-                       lambda lab, ps: lab.mlp_attention_ratio(ps, "attribution", claim.from_layer),
+                       lambda lab, ps: measures.mlp_attention_ratio(lab, ps, "attribution", claim.from_layer),
                        n_sets=settings().max_examples)
     record = evidence.record(
         f"sum |MLP effect| / sum |attention effect| at the final position, layers {claim.from_layer}+ "

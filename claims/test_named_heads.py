@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from circuit import measures
 from circuit.decision import Rule
 from circuit.report import heatmap
 
@@ -44,7 +45,7 @@ def test_named_heads_rank_in_top_k_by_z_patching(model, lab, claim, evidence, da
         pytest.skip("the spec names no head by z_patching")
     prompt_set = lab.draw(data)
     judged = lab.judge(Rule("<=", claim.top_k, "top_k"), prompt_set,
-                       lambda lab, ps: lab.worst_head_rank(ps, heads, "z_patching"), n_sets=settings().max_examples)
+                       lambda lab, ps: measures.worst_head_rank(lab, ps, heads, "z_patching"), n_sets=settings().max_examples)
     record = evidence.record(
         f"worst rank by |z patching effect| among {[h.head for h in heads]}", judged.interval, judgement=judged,
         prompt_set=prompt_set, figures=_figures(lab, prompt_set, claim.heads),
@@ -60,7 +61,7 @@ def test_named_heads_rank_in_top_k_by_attribution(model, lab, claim, evidence, d
         pytest.skip("the spec names no head by attribution")
     prompt_set = lab.draw(data)
     judged = lab.judge(Rule("<=", claim.top_k, "top_k"), prompt_set,
-                       lambda lab, ps: lab.worst_head_rank(ps, heads, "attribution"), n_sets=settings().max_examples)
+                       lambda lab, ps: measures.worst_head_rank(lab, ps, heads, "attribution"), n_sets=settings().max_examples)
     record = evidence.record(
         f"worst rank by |direct logit attribution| among {[h.head for h in heads]}", judged.interval, judgement=judged,
         prompt_set=prompt_set, figures=_figures(lab, prompt_set, claim.heads),
@@ -75,7 +76,7 @@ def test_named_heads_have_their_stated_sign(model, lab, claim, evidence, data):
     if not signed:
         pytest.skip("the spec states no head's sign")
     prompt_set = lab.draw(data)
-    judged = lab.judge(Rule(">", 0), prompt_set, lambda lab, ps: lab.weakest_signed_attribution(ps, signed),
+    judged = lab.judge(Rule(">", 0), prompt_set, lambda lab, ps: measures.weakest_signed_attribution(lab, ps, signed),
                        n_sets=settings().max_examples)
     record = evidence.record(
         f"smallest sign-oriented mean direct logit attribution among "

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from circuit import measures
 from circuit.decision import Rule
 from circuit.report import scatter_figure
 
@@ -19,7 +20,7 @@ STATEMENT = ("Value + pattern ~ output: per head, value patching plus pattern pa
 
 
 def _figures(lab, prompt_set):
-    v, pattern, z = lab.head_effects(prompt_set).mean(-1)
+    v, pattern, z = measures.head_effects(lab, prompt_set).mean(-1)
     n_heads = lab.model.bridge.cfg.n_heads
     labels = [f"L{i // n_heads}H{i % n_heads}" for i in range(z.numel())]
     return {
@@ -37,7 +38,7 @@ def test_value_plus_pattern_correlates_with_output(model, lab, claim, evidence, 
     prompt_set = lab.draw(data)
     lab.require_task_solved(prompt_set, evidence)
     judged = lab.judge(Rule(">=", claim.min_correlation), prompt_set,
-                       lambda lab, ps: lab.value_pattern_correlation(ps), n_sets=settings().max_examples)
+                       lambda lab, ps: measures.value_pattern_correlation(lab, ps), n_sets=settings().max_examples)
     record = evidence.record(
         "correlation across heads of (v + pattern) with z patching effects", judged.interval, judgement=judged,
         prompt_set=prompt_set, figures=_figures(lab, prompt_set),
@@ -51,7 +52,7 @@ def test_value_plus_pattern_residual_is_small(model, lab, claim, evidence, data)
     prompt_set = lab.draw(data)
     lab.require_task_solved(prompt_set, evidence)
     judged = lab.judge(Rule("<=", claim.max_residual), prompt_set,
-                       lambda lab, ps: lab.value_pattern_residual(ps), n_sets=settings().max_examples)
+                       lambda lab, ps: measures.value_pattern_residual(lab, ps), n_sets=settings().max_examples)
     record = evidence.record(
         "largest |v + pattern - z| over heads, as a fraction of (clean - corrupted)", judged.interval,
         judgement=judged, prompt_set=prompt_set, figures=_figures(lab, prompt_set),

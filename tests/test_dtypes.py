@@ -13,6 +13,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 
+from circuit import measures
 from circuit.attention import summarize_attention
 from circuit.attribution import head_attribution, layer_attribution, logit_lens, residual_directions
 from circuit.lab import Lab
@@ -101,7 +102,7 @@ def test_the_lab_reads_every_dtype_in_float32(models, dtype, prompt_set):
     for d, lab in labs.items():
         clean, corrupted = lab.logit_diffs(prompt_set)
         reads[d] = {"clean": clean, "corrupted": corrupted,
-                    "attribution": lab.head_values(prompt_set, "attribution"),
+                    "attribution": measures.head_values(lab, prompt_set, "attribution"),
                     "to BOS": lab.attention(prompt_set).to_bos,
                     "separation": lab.task_separation(prompt_set).estimate}
     for name, values in reads[dtype].items():

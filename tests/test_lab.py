@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from circuit import measures
 from circuit.lab import Lab
 from circuit.metrics import MetricShapeError
 from circuit.spec import NamedHead, load_spec
@@ -24,8 +25,14 @@ class FixedHeads(Lab):
         super().__init__(model=None, spec=spec or load_spec(SPEC))
         self.values = values
 
-    def head_values(self, ps, by):
-        return self.values
+
+
+@pytest.fixture(autouse=True)
+def fixed_head_values(monkeypatch):
+    """``measures.head_values`` of a :class:`FixedHeads` lab is its given values."""
+    original = measures.head_values
+    monkeypatch.setattr(measures, "head_values",
+                        lambda lab, ps, by: lab.values if isinstance(lab, FixedHeads) else original(lab, ps, by))
 
 
 def heads(*labels):
@@ -39,22 +46,22 @@ def constant_per_head(means, n_prompts=8):
 
 def test_a_head_ranks_by_its_magnitude_among_distinct_effects():
     lab = FixedHeads(constant_per_head([[0.1, -3.0], [2.0, 0.5]]))
-    assert float(lab.worst_head_rank(None, heads("L0H1"), "z_patching").high) == 1
-    assert float(lab.worst_head_rank(None, heads("L1H0"), "z_patching").high) == 2
-    assert float(lab.worst_head_rank(None, heads("L0H1", "L0H0"), "z_patching").high) == 4
+    assert float(measures.worst_head_rank(lab, None, heads("L0H1"), "z_patching").high) == 1
+    assert float(measures.worst_head_rank(lab, None, heads("L1H0"), "z_patching").high) == 2
+    assert float(measures.worst_head_rank(lab, None, heads("L0H1", "L0H0"), "z_patching").high) == 4
 
 
 def test_all_zero_effects_rank_last_not_first():
     lab = FixedHeads(torch.zeros(3, 4, 8, dtype=torch.float64))
-    rank = lab.worst_head_rank(None, heads("L0H0"), "z_patching")
+    rank = measures.worst_head_rank(lab, None, heads("L0H0"), "z_patching")
     assert float(rank.low) == float(rank.high) == 12  # tied with all 12 heads: nothing says it is first
 
 
 def test_tied_heads_share_the_pessimistic_rank():
     lab = FixedHeads(constant_per_head([[5.0, -5.0, 1.0], [0.0, 0.0, 0.0]]))
-    assert float(lab.worst_head_rank(None, heads("L0H0"), "z_patching").high) == 2  # tied with L0H1 for first
-    assert float(lab.worst_head_rank(None, heads("L0H2"), "z_patching").high) == 3
-    assert float(lab.worst_head_rank(None, heads("L1H1"), "z_patching").high) == 6
+    assert float(measures.worst_head_rank(lab, None, heads("L0H0"), "z_patching").high) == 2  # tied with L0H1 for first
+    assert float(measures.worst_head_rank(lab, None, heads("L0H2"), "z_patching").high) == 3
+    assert float(measures.worst_head_rank(lab, None, heads("L1H1"), "z_patching").high) == 6
 
 
 def test_claim_intervals_need_the_spec_s_minimum_of_prompts():
@@ -73,7 +80,7 @@ def test_a_claim_statistic_over_values_that_are_not_finite_fails_with_the_reason
     values[1, 0, 3] = float("nan")
     with pytest.raises(NonFiniteError, match=r"^Values to bootstrap over 8 prompts are not finite: 1 NaN and 0 "
                                              r"infinite of 32 \(shape \(2, 2, 8\), first at index \(1, 0, 3\)\)"):
-        FixedHeads(values).worst_head_rank(None, heads("L0H0"), "z_patching")
+        measures.worst_head_rank(FixedHeads(values), None, heads("L0H0"), "z_patching")
 
 
 class FixedMetric(Lab):

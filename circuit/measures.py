@@ -1,0 +1,120 @@
+"""The claims' statistics: plain functions of a lab and a prompt set, each an interval over prompts.
+
+Claims judge these, and claim discovery (``circuit.discover``) drafts thresholds from the same functions,
+so a threshold means the same thing in both. Each takes the :class:`circuit.lab.Lab` that runs the model
+and caches its results (sweeps, caches, attributions) and a prompt set, and returns a
+``circuit.stats.Interval`` from ``lab.ci`` / ``lab.ratio_ci`` (the lab's level, resamples and seed).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "final_recovery",
+    "head_effects",
+    "head_values",
+    "mlp_attention_ratio",
+    "other_recovery",
+    "value_pattern_correlation",
+    "value_pattern_residual",
+    "weakest_signed_attribution",
+    "worst_head_rank",
+]
+
+
+def final_recovery(lab: Any, ps: Any, late_from_layer: int):
+    """Interval of the mean normalized resid_pre recovery at the final position over layers >= late."""
+    return lab.ratio_ci(lab.patch(ps, "resid_pre"), lambda r: r[..., late_from_layer:, -1].mean(-1))
+
+
+def other_recovery(lab: Any, ps: Any, late_from_layer: int):
+    """Interval of the largest normalized resid_pre recovery at a non-final position, layers >= late."""
+    return lab.ratio_ci(lab.patch(ps, "resid_pre"),
+                         lambda r: r[..., late_from_layer:, :-1].flatten(-2).amax(-1))
+
+
+def mlp_attention_ratio(lab: Any, ps: Any, method: str, from_layer: int):
+    """Interval of sum_l |mean MLP effect| / sum_l |mean attention effect| at the final position."""
+    import torch
+
+    mlp = lab.effects(lab.patch(ps, "mlp_out", method))[from_layer:, -1]
+    attn = lab.effects(lab.patch(ps, "attn_out", method))[from_layer:, -1]
+    n = mlp.shape[0]
+
+    def ratio(x):
+        means = x.mean(-1).abs()
+        return means[..., :n].sum(-1) / means[..., n:].sum(-1)
+
+    return lab.ci(torch.cat([mlp, attn]), ratio)
+
+
+def head_effects(lab: Any, ps: Any):
+    """``[3, layer * head, batch]``: v, pattern and z patching effects (patched - corrupted)."""
+    import torch
+
+    return torch.stack([lab.effects(lab.patch(ps, site)).flatten(0, 1) for site in ("v", "pattern", "z")])
+
+
+def value_pattern_correlation(lab: Any, ps: Any):
+    """Interval of the Pearson correlation across heads of mean(v) + mean(pattern) with mean(z)."""
+    def correlation(x):
+        means = x.mean(-1)
+        a, b = means[..., 0, :] + means[..., 1, :], means[..., 2, :]
+        a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
+        return (a * b).sum(-1) / (a.pow(2).sum(-1).sqrt() * b.pow(2).sum(-1).sqrt())
+
+    return lab.ci(head_effects(lab, ps), correlation)
+
+
+def value_pattern_residual(lab: Any, ps: Any):
+    """Interval of the largest |v + pattern - z| over heads, as a fraction of (clean - corrupted)."""
+    import torch
+
+    clean, corrupted = lab.logit_diffs(ps)
+    stacked = torch.cat([head_effects(lab, ps).flatten(0, 1), (clean - corrupted).double()[None]])
+
+    def largest_residual(x):
+        means = x.mean(-1)
+        v, pattern, z = means[..., :-1].unflatten(-1, (3, -1)).unbind(-2)
+        return ((v + pattern - z) / means[..., -1:]).abs().amax(-1)
+
+    return lab.ci(stacked, largest_residual)
+
+
+def head_values(lab: Any, ps: Any, by: str):
+    """Per-head, per-prompt values ranked by a claim: ``[layer, head, batch]``.
+
+    ``by`` is ``"z_patching"`` (z patching effect) or ``"attribution"`` (direct logit attribution).
+    """
+    if by == "z_patching":
+        return lab.effects(lab.patch(ps, "z"))
+    if by == "attribution":
+        return lab.head_attribution(ps).values.double().cpu()
+    raise ValueError(f"by={by!r}: rank heads by 'z_patching' or 'attribution'.")
+
+
+def worst_head_rank(lab: Any, ps: Any, heads: Any, by: str):
+    """Interval of the largest rank (1 = largest |mean|) among ``heads`` (objects with layer, index).
+
+    Ties count against a head: its rank is the number of heads whose |mean| is at least its own, itself
+    included (heads strictly larger + heads tied), so heads that all have effect 0 rank last, not first.
+    """
+    import torch
+
+    def statistic(x):
+        magnitude = x.mean(-1).abs().flatten(-2)
+        n_heads = x.shape[-2]
+        ranks = [(magnitude >= magnitude[..., h.layer * n_heads + h.index, None]).sum(-1) for h in heads]
+        return torch.stack(ranks, -1).amax(-1).double()
+
+    return lab.ci(head_values(lab, ps, by), statistic)
+
+
+def weakest_signed_attribution(lab: Any, ps: Any, signed: Any):
+    """Interval of the smallest sign-oriented mean attribution; ``signed`` is [(head, +1.0 or -1.0)]."""
+    import torch
+
+    values = head_values(lab, ps, "attribution")
+    oriented = torch.stack([s * values[h.layer, h.index] for h, s in signed])  # [head, batch]
+    return lab.ci(oriented, lambda x: x.mean(-1).amin(-1))
