@@ -24,7 +24,7 @@ from torch import Tensor
 
 from circuit.task import Problem
 
-__all__ = ["ExactMatchResult", "exact_match_accuracy"]
+__all__ = ["AnswerPrediction", "ExactMatchResult", "answer_predictions", "exact_match_accuracy"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,77 @@ def _ids(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+@dataclass(frozen=True)
+class AnswerPrediction:
+    """What the model predicts at each answer token of one problem, with the answer teacher-forced.
+
+    Attributes:
+        expected: the answer's token ids (``" "``, one per digit, then the stop token when required).
+        predicted: the argmax token id at each of those positions.
+        rank: the rank of the expected token there (1: the argmax; ties count against it).
+    """
+
+    problem: Problem
+    expected: tuple[int, ...]
+    predicted: tuple[int, ...]
+    rank: tuple[int, ...]
+
+    @property
+    def correct(self) -> bool:
+        """Whether greedy decoding writes the whole answer (every expected token is the argmax)."""
+        return self.expected == self.predicted
+
+    @property
+    def first_error(self) -> int:
+        """The index of the first answer token that is not the argmax, or -1."""
+        return next((i for i, (e, p) in enumerate(zip(self.expected, self.predicted)) if e != p), -1)
+
+
+@torch.no_grad()
+def answer_predictions(
+    model: Any,
+    tokenizer: Any,
+    problems: Sequence[Problem],
+    *,
+    batch_size: int = 256,
+    prepend_bos: bool = True,
+    require_stop: bool = True,
+    device: str | torch.device | None = None,
+) -> list[AnswerPrediction]:
+    """Per problem, the argmax and the rank of the expected token at every answer position (one batched
+    forward pass per ``batch_size`` problems over ``prompt + answer``); arguments as :func:`exact_match_accuracy`.
+    """
+    if not problems:
+        raise ValueError("No problems given: exact-match accuracy needs at least one problem.")
+    eos = tokenizer.eos_token_id
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+    if (prepend_bos and bos is None) or (require_stop and eos is None):
+        raise ValueError("The tokenizer has no EOS token: pass prepend_bos=False and require_stop=False.")
+    if device is None:
+        first = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+        device = first.device if first is not None else torch.device("cpu")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos if eos is not None else 0
+    out: list[AnswerPrediction] = []
+    for start in range(0, len(problems), batch_size):
+        chunk = problems[start : start + batch_size]
+        rows, spans = [], []
+        for problem in chunk:
+            prompt = ([bos] if prepend_bos else []) + _ids(tokenizer, problem.prompt)
+            answer = _ids(tokenizer, problem.answer) + ([eos] if require_stop else [])
+            rows.append(prompt + answer)
+            spans.append((len(prompt), len(answer)))
+        length = max(map(len, rows))
+        tokens = torch.tensor([r + [pad] * (length - len(r)) for r in rows], device=device)
+        logits = _logits(model, tokens).float()  # [batch, pos, vocab]: the prediction for the next token
+        for i, (problem, (begin, n)) in enumerate(zip(chunk, spans)):
+            read = logits[i, begin - 1 : begin - 1 + n]
+            target = tokens[i, begin : begin + n]
+            rank = (read >= read.gather(-1, target[:, None])).sum(-1)
+            out.append(AnswerPrediction(problem, tuple(target.tolist()), tuple(read.argmax(-1).tolist()),
+                                        tuple(rank.tolist())))
+    return out
+
+
 @torch.no_grad()
 def exact_match_accuracy(
     model: Any,
@@ -89,31 +160,7 @@ def exact_match_accuracy(
         require_stop: also require the stop token (EOS) right after the last digit.
         device: where to put the tokens (default: the model's first parameter's device, else cpu).
     """
-    if not problems:
-        raise ValueError("No problems given: exact-match accuracy needs at least one problem.")
-    eos = tokenizer.eos_token_id
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
-    if (prepend_bos and bos is None) or (require_stop and eos is None):
-        raise ValueError("The tokenizer has no EOS token: pass prepend_bos=False and require_stop=False.")
-    if device is None:
-        first = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
-        device = first.device if first is not None else torch.device("cpu")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos if eos is not None else 0
-    correct: list[bool] = []
-    first_error: list[int] = []
-    for start in range(0, len(problems), batch_size):
-        chunk = problems[start : start + batch_size]
-        rows, spans = [], []
-        for problem in chunk:
-            prompt = ([bos] if prepend_bos else []) + _ids(tokenizer, problem.prompt)
-            answer = _ids(tokenizer, problem.answer) + ([eos] if require_stop else [])
-            rows.append(prompt + answer)
-            spans.append((len(prompt), len(answer)))
-        length = max(map(len, rows))
-        tokens = torch.tensor([r + [pad] * (length - len(r)) for r in rows], device=device)
-        predicted = _logits(model, tokens).argmax(-1)  # [batch, pos]: prediction for the next token
-        for i, (begin, n) in enumerate(spans):
-            wrong = (predicted[i, begin - 1 : begin - 1 + n] != tokens[i, begin : begin + n]).nonzero()
-            correct.append(len(wrong) == 0)
-            first_error.append(int(wrong[0, 0]) if len(wrong) else -1)
-    return ExactMatchResult(tuple(problems), tuple(correct), tuple(first_error))
+    predictions = answer_predictions(model, tokenizer, problems, batch_size=batch_size, prepend_bos=prepend_bos,
+                                     require_stop=require_stop, device=device)
+    return ExactMatchResult(tuple(problems), tuple(p.correct for p in predictions),
+                            tuple(p.first_error for p in predictions))

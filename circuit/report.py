@@ -26,6 +26,7 @@ from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 from torch import Tensor
 
 __all__ = [
+    "Table",
     "attention_figure",
     "figure_html",
     "figure_png",
@@ -194,9 +195,30 @@ def figure_png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def figure_html(fig: Figure, *, alt: str = "", caption: str = "") -> str:
+class Table:
+    """A small table for the claim report, drawn where a figure would be (claims return it from a figure
+    function): column names and rows of cells, shown as text."""
+
+    def __init__(self, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+        if any(len(row) != len(columns) for row in rows):
+            raise ValueError(f"Table: every row needs {len(columns)} cells ({list(columns)}).")
+        self.columns, self.rows = list(columns), [list(row) for row in rows]
+
+    def html(self, *, title: str = "", caption: str = "") -> str:
+        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in self.columns)
+        body = "".join("<tr>" + "".join(f"<td><code>{html.escape(str(v))}</code></td>" for v in row) + "</tr>"
+                       for row in self.rows)
+        text = f"<b>{html.escape(title)}</b>" + (f"<br/>{html.escape(caption)}" if caption else "")
+        return (f'<figure class="claim-figure"><table class="claim-table"><tr>{head}</tr>{body}</table>'
+                f"<figcaption>{text}</figcaption></figure>")
+
+
+def figure_html(fig: Figure | Table, *, alt: str = "", caption: str = "") -> str:
     """The figure as an ``<img>`` whose PNG is embedded (base64): nothing is fetched when the page opens.
-    ``caption`` (what a reader should see if the claim holds) goes under the title."""
+    ``caption`` (what a reader should see if the claim holds) goes under the title. A :class:`Table` is
+    written as an HTML table."""
+    if isinstance(fig, Table):
+        return fig.html(title=alt, caption=caption)
     data = base64.b64encode(figure_png(fig)).decode("ascii")
     label = html.escape(alt or (fig._suptitle.get_text() if fig._suptitle else "") or "figure", quote=True)
     text = f"<b>{label}</b>" + (f"<br/>{html.escape(caption)}" if caption else "")
