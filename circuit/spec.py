@@ -248,7 +248,7 @@ def register_claim(claim_id: str) -> Callable[[type], type]:
         raise ValueError(f"Claim id {claim_id!r}: use lower-case words joined by hyphens, e.g. 'named-heads'.")
 
     def decorate(cls: type) -> type:
-        if not (isinstance(cls, type) and issubclass(cls, ClaimSpec) and is_dataclass(cls)
+        if not (isinstance(cls, type) and issubclass(cls, ClaimSpec) and "__dataclass_fields__" in vars(cls)
                 and cls.__dataclass_params__.frozen):  # type: ignore[attr-defined]
             raise ValueError(f"@register_claim({claim_id!r}) decorates {cls!r}: it must be a "
                              f"@dataclass(frozen=True) subclass of circuit.spec.ClaimSpec (put @register_claim above "
@@ -271,12 +271,13 @@ def _source_of(cls: type) -> str:
 
 
 def import_claims(folder: str | Path) -> list[types.ModuleType]:
-    """Import every ``test_*.py`` module in ``folder`` (a claims folder), so that the claims they declare
-    with :func:`register_claim` are known; returns the modules. Modules already imported (by pytest, say)
-    are imported again under a private name; their claims replace themselves."""
+    """Import every ``test_*.py`` module in ``folder`` (a claims folder, or one such file), so that the
+    claims they declare with :func:`register_claim` are known; returns the modules. Modules already imported
+    (by pytest, say) are imported again under a private name; their claims replace themselves."""
     modules = []
-    for path in sorted(Path(folder).glob("test_*.py")):
-        name = f"_circuit_claims_.{path.stem}"
+    folder = Path(folder)
+    for path in [folder] if folder.is_file() else sorted(folder.glob("test_*.py")):
+        name = f"_circuit_claims_.{path.parent.name}.{path.stem}"
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:  # pragma: no cover
             continue

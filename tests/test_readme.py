@@ -23,3 +23,59 @@ def test_the_library_example_prints_what_the_readme_shows(monkeypatch):
     with contextlib.redirect_stdout(out):
         exec(compile(code, "README.md (library example)", "exec"), {})
     assert out.getvalue() == shown, f"README shows:\n{shown}\nthe example prints:\n{out.getvalue()}"
+
+
+def _adding_a_claim() -> tuple[str, str]:
+    text = README.read_text()
+    section = text[text.index("## Adding a claim"):]
+    section = section[: section.index("\n## ", 1)]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    table = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    return code, table
+
+
+def _run_claim_file(tmp_path: Path, claim_file: Path, spec: Path) -> tuple[int, str, dict]:
+    """``pytest <claim_file> --claims-spec <spec>`` in a subprocess, with the suite's plugins, on the default model."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = README.parent
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    reports = tmp_path / "reports"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "fixtures.plugin", "-p",
+               "fixtures.claims_plugin", "-p", "no:html", "--rootdir", str(root), "-c", str(root / "pyproject.toml"),
+               "--basetemp", str(tmp_path / "basetemp"), "--claims-reports", str(reports), "--claims-spec", str(spec),
+               str(claim_file)]
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)})
+    evidence = {p.stem: json.loads(p.read_text()) for p in (reports / "evidence").glob("*.json")}
+    return result.returncode, result.stdout + result.stderr, evidence
+
+
+def test_the_adding_a_claim_example_is_one_file_and_one_table_and_can_fail(tmp_path):
+    """README's "Adding a claim": the file and the table, as written, make a claim that passes on the default
+    model; the same claim with a threshold the model cannot reach fails with its statistic."""
+    from fixtures.claims_session import DEFAULT_MODELS, SPEC_DIR
+
+    code, table = _adding_a_claim()
+    folder = tmp_path / "claims"
+    folder.mkdir()
+    claim_file = folder / "test_clean_margin.py"
+    claim_file.write_text(code)
+    default_spec = (SPEC_DIR / f"{DEFAULT_MODELS[0]}.toml").read_text()
+    assert f"claims/specs/{DEFAULT_MODELS[0]}.toml" in README.read_text()
+    spec = tmp_path / "spec.toml"
+    spec.write_text(default_spec + "\n" + table)
+    status, output, evidence = _run_claim_file(tmp_path / "holds", claim_file, spec)
+    assert status == 0, output[-3000:]
+    (record,) = [c for c in evidence[DEFAULT_MODELS[0]]["claims"] if c["claim_id"] == "clean-margin"]
+    assert record["outcome"] == "passed" and record["statistic"] == "mean clean logit difference"
+
+    spec.write_text(default_spec + "\n" + table.replace("min_logit_diff = 2.0", "min_logit_diff = 1000.0"))
+    status, output, evidence = _run_claim_file(tmp_path / "fails", claim_file, spec)
+    assert status == 1, output[-3000:]
+    (record,) = [c for c in evidence[DEFAULT_MODELS[0]]["claims"] if c["claim_id"] == "clean-margin"]
+    assert record["outcome"] == "failed" and record["high"] < 1000.0
+    assert "CI high >= 1000" in output

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from circuit.spec import KNOWN_CLAIMS, NamedHeadsClaim, SpecError, find_spec, load_spec, parse_head
+from circuit.spec import KNOWN_CLAIMS, NamedHeadsClaim, SpecError, find_spec, import_claims, load_spec, parse_head
 
 SPECS = Path(__file__).resolve().parent.parent / "claims" / "specs"
 
@@ -36,17 +36,37 @@ def write(tmp_path: Path, text: str, name: str = "spec.toml") -> Path:
     return path
 
 
+def claim_ids_in(folder: Path) -> set[str]:
+    """The ids of the ``@pytest.mark.claim(id=...)`` markers in ``folder``'s claim files (read, not imported)."""
+    import re
+
+    return {m for path in folder.glob("test_*.py") for m in re.findall(r"mark\.claim\(id=\"([a-z0-9-]+)\"",
+                                                                         path.read_text())}
+
+
+def test_every_claim_of_claims_is_declared_and_stated_in_the_qwen_spec():
+    """Every claim the suite tests (>= 14 ids) has registered parameters and a table in the source's spec."""
+    import_claims(SPECS.parent)
+    ids = claim_ids_in(SPECS.parent)
+    assert len(ids) >= 14, sorted(ids)
+    assert ids <= set(KNOWN_CLAIMS), sorted(ids - set(KNOWN_CLAIMS))
+    spec = load_spec(SPECS / "qwen2.5-0.5b.toml", n_layers=24, n_heads=14)
+    assert ids <= set(spec.claims), f"not stated in qwen2.5-0.5b.toml: {sorted(ids - set(spec.claims))}"
+
+
 def test_the_qwen_spec_states_the_source_analysis_claims():
+    import_claims(SPECS.parent)
     spec = load_spec(SPECS / "qwen2.5-0.5b.toml", n_layers=24, n_heads=14)
     heads = spec.claims["named-heads"]
     assert isinstance(heads, NamedHeadsClaim)
     assert {(h.head, h.sign) for h in heads.heads} == {("L23H1", "positive"), ("L22H7", "negative"),
                                                        ("L0H11", "any")}
-    assert set(spec.claims) == set(KNOWN_CLAIMS)
+    assert all(claim.origin == "hand" for claim in spec.claims.values())  # from the source, not discovered
     assert spec.prompts.min_digits == spec.prompts.max_digits == 5
 
 
 def test_every_bundled_spec_loads():
+    import_claims(SPECS.parent)
     for path in SPECS.glob("*.toml"):
         load_spec(path)
 
@@ -178,3 +198,105 @@ def test_the_family_wise_level_defaults_to_5_percent_and_is_validated(tmp_path):
     with pytest.raises(SpecError, match=r"\[statistics\.family_level\] must be between 0 and 1 \(e\.g\. 0\.05\), "
                                         r"got 1\.5"):
         load_spec(write(tmp_path, MINIMAL.replace("n_resamples = 200", "n_resamples = 200\nfamily_level = 1.5")))
+
+
+# --- claims declared outside the library (@register_claim) ---------------------------------------------
+
+USER_CLAIM = '''
+from dataclasses import dataclass
+
+from circuit.spec import ClaimSpec, Head, Layer, register_claim
+
+
+@dataclass(frozen=True)
+class Band:
+    first: Layer
+    """The band's first layer."""
+    heads: tuple[Head, ...] = ()
+    """Heads of the band."""
+
+
+@register_claim("user-band-claim")
+@dataclass(frozen=True)
+class UserBand(ClaimSpec):
+    bands: tuple[Band, ...]
+    """The bands the claim names."""
+    min_share: float
+    """A share, between 0 and 1."""
+    note: str | None = None
+    """Free text."""
+
+    def check(self):
+        if not 0 <= self.min_share <= 1:
+            raise ValueError(f"min_share = {self.min_share}: a share is between 0 and 1.")
+'''
+
+
+@pytest.fixture
+def user_claim(tmp_path):
+    """A claim module declaring 'user-band-claim' (nested dataclasses, Layer and Head fields, a check())."""
+    from circuit.spec import KNOWN_CLAIMS
+
+    folder = tmp_path / "userclaims"
+    folder.mkdir()
+    (folder / "test_user_band.py").write_text(USER_CLAIM)
+    import_claims(folder)
+    yield folder
+    KNOWN_CLAIMS.pop("user-band-claim", None)
+
+
+def test_a_claim_declared_in_its_own_file_is_validated_like_a_built_in_one(tmp_path, user_claim):
+    table = ('[claims.user-band-claim]\ntolerance = 0.1\nmin_share = 0.5\n'
+             'bands = [{ first = 1, heads = ["L1H0"] }, { first = 2 }]\n')
+    spec = load_spec(write(tmp_path, MINIMAL + table), n_layers=3, n_heads=2)
+    claim = spec.claims["user-band-claim"]
+    assert [b.first for b in claim.bands] == [1, 2] and claim.bands[0].heads == ("L1H0",) and claim.note is None
+    assert claim.origin == "hand"
+    with pytest.raises(SpecError, match=r"\[claims\.user-band-claim\.bands\[1\]\.first\] layer 2 is out of range: "
+                                        r"the model has layers 0\.\.1"):
+        load_spec(write(tmp_path, MINIMAL + table), n_layers=2, n_heads=2)
+    with pytest.raises(SpecError, match=r"\[claims\.user-band-claim\.bands\[0\]\.heads\[0\]\] head L1H5 is out of "
+                                        r"range: the model has layers 0\.\.2 and heads 0\.\.1 per layer"):
+        load_spec(write(tmp_path, MINIMAL + table.replace('"L1H0"', '"L1H5"')), n_layers=3, n_heads=2)
+    with pytest.raises(SpecError, match=r"\[claims\.user-band-claim\] min_share = 1\.5: a share is between 0 and 1"):
+        load_spec(write(tmp_path, MINIMAL + table.replace("min_share = 0.5", "min_share = 1.5")))
+    with pytest.raises(SpecError, match=r"\[claims\.user-band-claim\.min_share\] missing field: min_share = \.\.\. "
+                                        r"\(A share, between 0 and 1\.\)"):
+        load_spec(write(tmp_path, MINIMAL + table.replace("min_share = 0.5\n", "")))
+    with pytest.raises(SpecError, match=r"\[claims\.user-band-claim\.bands\[0\]\.heads\[0\]\] 'H1' is not a head label"):
+        load_spec(write(tmp_path, MINIMAL + table.replace('"L1H0"', '"H1"')))
+    with pytest.raises(SpecError, match=r"\[claims\.user-band-claim\.bands\[0\]\.first\] must be an integer, got '1'"):
+        load_spec(write(tmp_path, MINIMAL + table.replace("first = 1,", 'first = "1",')))
+    with pytest.raises(SpecError, match=r"\[claims\.user-band-claim\.origin\] is 'robot'; use one of \['hand', "
+                                        r"'discovery'\]"):
+        load_spec(write(tmp_path, MINIMAL + table + 'origin = "robot"\n'))
+
+
+def test_an_unknown_claim_id_says_where_claims_are_declared(tmp_path):
+    with pytest.raises(SpecError, match=r"unknown claim id 'no-such-claim'; known: \[.*\]\. A claim is declared "
+                                        r"with @register_claim in its claims/ file\."):
+        load_spec(write(tmp_path, MINIMAL + "[claims.no-such-claim]\ntolerance = 1\n"))
+
+
+def test_register_claim_refuses_bad_declarations(tmp_path, user_claim):
+    from dataclasses import dataclass
+
+    from circuit.spec import ClaimSpec, register_claim
+
+    with pytest.raises(ValueError, match=r"Claim id 'Bad_Id': use lower-case words joined by hyphens"):
+        register_claim("Bad_Id")
+
+    class NotADataclass(ClaimSpec):
+        pass
+
+    with pytest.raises(ValueError, match=r"it must be a @dataclass\(frozen=True\) subclass of circuit\.spec\.ClaimSpec"):
+        register_claim("some-claim")(NotADataclass)
+
+    @dataclass(frozen=True)
+    class Elsewhere(ClaimSpec):
+        pass
+
+    with pytest.raises(ValueError, match=r"Claim id 'user-band-claim' is declared twice: by UserBand in .*"
+                                         r"test_user_band\.py and by .*Elsewhere in .*test_spec\.py\. Rename one\."):
+        register_claim("user-band-claim")(Elsewhere)
+    import_claims(user_claim)  # the same file imported again replaces its own declaration
