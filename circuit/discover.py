@@ -412,7 +412,10 @@ def render_spec(draft: Draft, *, header: str = "") -> str:
         claim = spec.claims[claim_id]
         lines.append(f"[claims.{claim_id}]")
         for f in fields(claim):
-            lines += _toml_field(f.name, getattr(claim, f.name))
+            value = getattr(claim, f.name)
+            if value is None or value == ():  # left out: the loader gives the field's default
+                continue
+            lines += _toml_field(f.name, value)
     return "\n".join(lines) + "\n"
 
 

@@ -39,8 +39,10 @@ class Lab:
     """
 
     def __init__(self, model: Any, spec: Any, cache: OrderedDict | None = None, *, level: float | None = None,
-                 n_resamples: int | None = None, seed: int = 0) -> None:
+                 n_resamples: int | None = None, seed: int = 0, progress: Any = False) -> None:
         self.model, self.spec = model, spec
+        self.progress = progress
+        """Progress bars of patching sweeps (``activation_patch``'s ``progress``: False, True or tqdm options)."""
         self._cache = OrderedDict() if cache is None else cache
         self.level = spec.statistics.level if level is None else level
         """Level of the intervals this lab computes (the spec's, or a claim's per-set level: :meth:`judge`)."""
@@ -52,7 +54,7 @@ class Lab:
         """This lab with other interval settings, sharing its results (sweeps, caches)."""
         return Lab(self.model, self.spec, self._cache, level=self.level if level is None else level,
                    n_resamples=self.n_resamples if n_resamples is None else n_resamples,
-                   seed=self.seed if seed is None else seed)
+                   seed=self.seed if seed is None else seed, progress=self.progress)
 
     def __repr__(self) -> str:  # shown in hypothesis' failing-example line
         return f"<lab: {getattr(self.model, 'label', '?')}, spec {self.spec.path.name}>"
@@ -307,11 +309,15 @@ class Lab:
         """
         from circuit.patching import activation_patch, attribution_patch
 
+        if method not in ("activation", "attribution"):
+            raise ValueError(f"method={method!r}: use 'activation' (exact) or 'attribution' (its approximation).")
+
         def compute():
             clean, corrupted, metric = self.inputs(ps)
-            run = {"activation": activation_patch, "attribution": attribution_patch}[method]
-            return run(self.model.bridge, clean.tokens.to(self.model.device),
-                       corrupted.tokens.to(self.model.device), metric, site)
+            tokens = clean.tokens.to(self.model.device), corrupted.tokens.to(self.model.device)
+            if method == "attribution":
+                return attribution_patch(self.model.bridge, *tokens, metric, site)
+            return activation_patch(self.model.bridge, *tokens, metric, site, progress=self.progress)
 
         return self._cached((ps, "patch", site, method), compute)
 

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -494,7 +494,7 @@ def activation_patch(
     *,
     chunk_size: int | None = None,
     max_memory_mb: float | None = None,
-    progress: bool = False,
+    progress: bool | Mapping[str, Any] = False,
     skip_unchanged: bool = True,
     method: str = "auto",
 ) -> PatchResult:
@@ -514,7 +514,8 @@ def activation_patch(
         chunk_size: cells per batched forward (default: as many as ``max_memory_mb`` allows).
         max_memory_mb: the memory bound used to choose ``chunk_size`` (default: half the free memory of a
             CUDA device, so that a GPU runs many cells per forward; 1024 MB elsewhere).
-        progress: show a tqdm progress bar over cells.
+        progress: a tqdm progress bar over cells: ``True`` for tqdm's defaults, or a mapping of tqdm keyword
+            arguments (``{"file": stream, "delay": 3.0, "leave": False}``: only sweeps longer than 3 s show one).
         skip_unchanged: cells whose clean activation equals the corrupted one (e.g. the BOS position) are
             not run: their value is the corrupted baseline. ``False`` runs them anyway (a canary).
         method: ``"auto"`` (the fast engine where it reproduces the model, else the hook sweep, with a
@@ -552,7 +553,8 @@ def activation_patch(
 
 
 def _fast_sweep(model: Any, arith: fwd.BlockArithmetic, site: Site, clean: Cache, corr: Cache, tokens: Tensor,
-                metric: Metric, corr_metric: Tensor, chunk_size: int, progress: bool, skip: bool) -> Tensor:
+                metric: Metric, corr_metric: Tensor, chunk_size: int, progress: bool | Mapping[str, Any],
+                skip: bool) -> Tensor:
     tolerance = 10 * CHECK_TOLERANCE.get(_dtype(model), 1e-4)
     reader = _Reader(metric, arith, clean, corr, tolerance)
     with torch.no_grad():
@@ -574,18 +576,28 @@ def _fast_sweep(model: Any, arith: fwd.BlockArithmetic, site: Site, clean: Cache
                           skip)
 
 
+def _bar(progress: bool | Mapping[str, Any], total: int, desc: str) -> Any:
+    """A tqdm bar over ``total`` cells: off for ``False``; ``True`` is tqdm's defaults; a mapping gives tqdm's
+    keyword arguments (e.g. ``{"file": stream, "delay": 3.0, "leave": False}``: shown only when the sweep
+    runs longer than 3 s, on ``stream``, and cleared when done)."""
+    from tqdm.auto import tqdm
+
+    if not progress:
+        return tqdm(total=total, desc=desc, disable=True)
+    options = dict(progress) if isinstance(progress, Mapping) else {}
+    return tqdm(total=total, desc=desc, **{"disable": False, "unit": "cell", **options})
+
+
 class _ReadSetChanged(RuntimeError):
     """A patched run made a plain metric read outside the read set detected on the clean and corrupted runs."""
 
 
 def _run_plans(arith: fwd.BlockArithmetic, site: Site, clean: Cache, corr: Cache, reader: _Reader,
-               corr_metric: Tensor, chunk_size: int, progress: bool, skip: bool) -> Tensor:
+               corr_metric: Tensor, chunk_size: int, progress: bool | Mapping[str, Any], skip: bool) -> Tensor:
     n_layers, n_index = _shape(site, corr)
     out = corr_metric.expand(n_layers * n_index, -1).clone()
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=n_layers * n_index, desc=f"patching {site.name}", disable=not progress)
+    bar = _bar(progress, n_layers * n_index, f"patching {site.name}")
     groups: dict[int, list[_Plan]] = {}
     with torch.no_grad():
         for plan in _plans(site, arith, clean, corr, skip):
@@ -615,7 +627,7 @@ def _run_plans(arith: fwd.BlockArithmetic, site: Site, clean: Cache, corr: Cache
 
 
 def _hook_sweep(model: Any, arith: None, site: Site, clean: Cache, corr: Cache, tokens: Tensor, metric: Metric,
-                corr_metric: Tensor, chunk_size: int, progress: bool, skip: bool) -> Tensor:
+                corr_metric: Tensor, chunk_size: int, progress: bool | Mapping[str, Any], skip: bool) -> Tensor:
     """Each chunk of cells runs as one forward of the corrupted batch repeated once per cell; one hook per
     layer writes each cell's patched activation into that cell's rows."""
     n_layers, n_index = _shape(site, corr)
@@ -631,9 +643,7 @@ def _hook_sweep(model: Any, arith: None, site: Site, clean: Cache, corr: Cache, 
                 continue
             todo.append((layer, index))
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=n_layers * n_index, desc=f"patching {site.name} (hooks)", disable=not progress)
+    bar = _bar(progress, n_layers * n_index, f"patching {site.name} (hooks)")
     bar.update(n_layers * n_index - len(todo))
     with torch.no_grad():
         for lo in range(0, len(todo), chunk_size):
@@ -672,7 +682,7 @@ def reference_activation_patch(
     site: str,
     *,
     cells: list[tuple[int, int]] | None = None,
-    progress: bool = False,
+    progress: bool | Mapping[str, Any] = False,
 ) -> PatchResult:
     """The definition :func:`activation_patch` is tested against: one ``model.run_with_hooks`` per cell.
 
@@ -687,14 +697,15 @@ def reference_activation_patch(
     todo = cells if cells is not None else [(l, i) for l in range(shape[0]) for i in range(shape[1])]
     out = torch.full((*shape, corr_metric.shape[0]), math.nan)
 
-    from tqdm.auto import tqdm
-
+    bar = _bar(progress, len(todo), f"reference {site}")
     with torch.no_grad():
-        for layer, index in tqdm(todo, desc=f"reference {site}", disable=not progress):
+        for layer, index in todo:
+            bar.update(1)
             target = spec.target(layer, index, clean, corr)
             hook = (f"blocks.{layer}.{spec.hook}", lambda act, hook, target=target: target.clone())
             logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=[hook])
             out[layer, index] = _check_metric_output(metric(logits), "patched", corr_metric.shape[0])
+    bar.close()
     return PatchResult(site, spec.axes, out, clean_metric, corr_metric, "reference")
 
 

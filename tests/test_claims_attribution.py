@@ -171,9 +171,6 @@ def test_the_drafters_say_why_they_state_nothing():
         "CI low 0.333, drafted threshold 0.15; from layer 0: lowest CI low 0.333, drafted threshold 0.15)")
 
 
-@pytest.mark.xfail(strict=True, reason="circuit.discover.render_spec writes an optional field's None as "
-                                       "'min_step = None' (not TOML) and an empty tuple as 'attention_layers = []' "
-                                       "(refused by the loader); it should leave such fields out")
 def test_a_draft_without_min_step_or_attention_layers_loads_back(tmp_path):
     lens = claims.LogitLensLinearClaim(tolerance=0.05, from_layer=0, min_r2=0.85)
     late = claims.LateMlpAttributionClaim(tolerance=0.05, from_layer=1, min_mlp_share=0.7)

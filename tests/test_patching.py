@@ -9,6 +9,7 @@ shortcuts directly; attribution patching is checked against finite differences.
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import pytest
@@ -415,3 +416,24 @@ def test_on_cuda_both_exact_paths_equal_the_naive_loop(test_model_folder, name, 
             scale = max(1.0, float(exact.mean.abs().max()))
             assert (ours.mean.cpu() - exact.mean.cpu()).abs().max() <= tolerance * scale, _diff_report(
                 ours.mean.cpu(), exact.mean.cpu(), f"{name} {dtype} {site} {method} on cuda")
+
+
+@pytest.mark.parametrize("method", ["activation", "hooks"])
+def test_a_progress_bar_counts_every_cell_where_asked_and_only_then(test_models, method, monkeypatch):
+    """``progress`` as tqdm options draws a bar on the given stream (even where TQDM_DISABLE is set, as the
+    plugin sets it), counting every cell; ``progress=False`` draws nothing; the numbers are the same."""
+    import io
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    loaded = test_models["test-qwen2-2l"]
+    clean, corrupted, metric = _fixed_inputs(loaded, n=4, seed=17)
+    stream = io.StringIO()
+    shown = activation_patch(loaded.bridge, clean, corrupted, metric, "z", method=method,
+                             progress={"file": stream, "delay": 0, "mininterval": 0})
+    n_cells = loaded.bridge.cfg.n_layers * loaded.bridge.cfg.n_heads
+    assert "patching z" in stream.getvalue() and f"{n_cells}/{n_cells}" in stream.getvalue(), stream.getvalue()
+    quiet = io.StringIO()
+    with contextlib.redirect_stderr(quiet):
+        silent = activation_patch(loaded.bridge, clean, corrupted, metric, "z", method=method, progress=False)
+    assert quiet.getvalue() == ""
+    assert torch.equal(shown.per_prompt, silent.per_prompt)

@@ -194,3 +194,50 @@ def test_each_xdist_worker_takes_its_own_gpu(monkeypatch):
         assert worker_device("cpu") == "cpu" and worker_device("cuda:1") == "cuda:1"
     monkeypatch.delenv("PYTEST_XDIST_WORKER")
     assert worker_device(None) is None
+
+
+PROGRESS_PROBE = '''
+from fixtures.claims_plugin import UncapturedStream, progress_options
+
+
+def test_writes_past_capture(request):
+    options = progress_options(request.config, worker=False)
+    assert isinstance(options["file"], UncapturedStream) and options["delay"] == 3.0 and not options["leave"]
+    options["file"].write("BAR-ON-THE-TERMINAL")
+    print("CAPTURED-OUTPUT")
+    assert progress_options(request.config, worker=True) is False  # an xdist worker has no terminal
+    assert False  # show the captured section
+'''
+
+
+def _run_probe(pytester: pytest.Pytester, choice: str) -> pytest.RunResult:
+    """The probe file in a pytest subprocess with the suite's plugins."""
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:html", "-p", "fixtures.plugin", "-p",
+                                         "fixtures.claims_plugin", "--claims-progress", choice, "--claims-reports",
+                                         str(pytester.path / "reports"), "test_probe.py")
+
+
+def test_claims_progress_bars_go_to_the_terminal_past_capture(pytester, monkeypatch):
+    """With ``--claims-progress on`` a sweep's bar is written to the terminal while capture is on (it does not
+    land in the test's captured output, which the report shows); ``off`` and ``auto`` off a terminal give none."""
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    pytester.makepyfile(test_probe=PROGRESS_PROBE)
+    result = _run_probe(pytester, "on")
+    out = result.stdout.str() + result.stderr.str()
+    assert "BAR-ON-THE-TERMINAL" in result.stderr.str(), out
+    captured = result.stdout.str()[result.stdout.str().index("Captured stdout call"):]  # what the report shows
+    assert "CAPTURED-OUTPUT" in captured and "BAR-ON-THE-TERMINAL" not in captured
+
+
+def test_claims_progress_is_off_when_asked_and_off_a_terminal(pytester, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    pytester.makepyfile(test_probe='''
+from fixtures.claims_plugin import progress_options
+
+
+def test_off(request):
+    assert progress_options(request.config, worker=False) is False
+''')
+    for choice in ("off", "auto"):  # the subprocess' stderr is a pipe, not a terminal
+        result = _run_probe(pytester, choice)
+        assert result.ret == 0, result.stdout.str()
