@@ -1,0 +1,379 @@
+"""Claims: which heads matter when only their values, or only their attention patterns, are patched.
+
+Three sentences of the source read per-head patching sweeps (cells ``[layer, head]``, each head patched at
+every position; effect = ``patched - corrupted`` logit difference, per prompt). A head's size is the
+|mean over prompts| of its effect; a band's size is the mean of that over the band's heads. Every interval
+resamples the prompts (the heads' means are taken inside each resample).
+
+- ``late-value-heads`` ("value patching ... Here we see that the late heads matter most"): mean |v effect|
+  of the heads in layers ``late_from_layer``+, divided by the same mean over the heads before them.
+- ``pattern-bands`` ("When we patch in attention patterns ... early and late heads matter a lot, middle
+  heads don't"): the smaller of the early band's and the late band's mean |pattern effect|, divided by the
+  middle band's (layers ``early_until_layer`` .. ``late_from_layer - 1``).
+- ``pattern-explains-late-heads`` ("late heads ... whose output matters on the final token and whose
+  behaviour is determined by their attention patterns"): for the ``top_k`` late heads by |z effect|, the
+  share of their output (z) patching effect that patching only their attention pattern reproduces,
+  ``sum_h pattern_h * sign(z_h) / sum_h |z_h|`` (1: the pattern alone does it; 0: nothing of it).
+
+The statistics are plain functions here, shared by the claim tests and their drafters (discovery).
+"""
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from circuit.decision import Rule
+from circuit.discover import DraftContext, drafts
+from circuit.report import heatmap, scatter_figure
+from circuit.spec import ClaimSpec, Layer, LayerBound, register_claim
+
+# --- parameters ---------------------------------------------------------------------------------------
+
+
+@register_claim("late-value-heads")
+@dataclass(frozen=True)
+class LateValueHeads(ClaimSpec):
+    """Value patching: the late heads matter most."""
+
+    late_from_layer: Layer
+    """Heads in this layer or later are late; the heads before it (early and middle) are the comparison."""
+    min_ratio: float
+    """mean |v effect| of late heads / mean |v effect| of the other heads must be at least this (CI high)."""
+
+    def check(self) -> None:
+        if self.late_from_layer < 1:
+            raise ValueError(f"late_from_layer: is {self.late_from_layer}, but must be at least 1: the late heads "
+                             f"are compared with the heads before that layer, and there would be none.")
+
+
+@register_claim("pattern-bands")
+@dataclass(frozen=True)
+class PatternBands(ClaimSpec):
+    """Pattern patching: early and late heads matter a lot, middle heads don't."""
+
+    early_until_layer: LayerBound
+    """Heads before this layer are the early band (at least one layer)."""
+    late_from_layer: Layer
+    """Heads in this layer or later are the late band; the middle band lies between the two."""
+    min_ratio: float
+    """min(mean |pattern effect| of the early band, of the late band) / that of the middle band must be at least
+    this (CI high)."""
+
+    def check(self) -> None:
+        if self.early_until_layer < 1:
+            raise ValueError(f"early_until_layer: is {self.early_until_layer}, but the early band (the layers before "
+                             f"it) needs at least one layer.")
+        if self.early_until_layer >= self.late_from_layer:
+            raise ValueError(f"early_until_layer: the middle band (layers {self.early_until_layer} .. "
+                             f"{self.late_from_layer - 1}) is empty: early_until_layer must be below late_from_layer "
+                             f"= {self.late_from_layer}.")
+
+
+@register_claim("pattern-explains-late-heads")
+@dataclass(frozen=True)
+class PatternExplainsLateHeads(ClaimSpec):
+    """Output patching of the top late heads is reproduced by patching only their attention patterns."""
+
+    TOP_K_OVER_HEADS = True
+
+    late_from_layer: Layer
+    """Heads in this layer or later are late."""
+    top_k: int
+    """How many late heads, by |z patching effect| (mean over the prompt set), the claim is about."""
+    min_fraction: float
+    """sum pattern * sign(z) / sum |z| over those heads must be at least this (CI high)."""
+
+
+# --- statistics ---------------------------------------------------------------------------------------
+
+
+class EmptyBandError(ValueError):
+    """A band of layers the statistic compares has no heads on this model."""
+
+
+def _effects(lab, ps, site):
+    """``[layer, head, batch]``: the per-head patching effects of ``site`` (patched - corrupted, float64)."""
+    return lab.effects(lab.patch(ps, site))
+
+
+def empty_bands(n_layers, bands):
+    """The names of the bands (``name -> range of layers``) that hold no layer of an ``n_layers`` model."""
+    return [name for name, layers in bands.items() if not any(0 <= layer < n_layers for layer in layers)]
+
+
+def _require_bands(n_layers, bands):
+    empty = empty_bands(n_layers, bands)
+    if empty:
+        raise EmptyBandError(f"the {' and '.join(empty)} band(s) hold no layer of this {n_layers}-layer model "
+                             f"({', '.join(f'{name}: layers {_span(r)}' for name, r in bands.items())}).")
+
+
+def _span(layers):
+    return f"{layers.start}..{layers.stop - 1}" if layers else "none"
+
+
+def late_value_ratio(lab, ps, late_from_layer):
+    """Interval of mean_h |mean v effect| over heads in layers >= late / the same over the heads before them."""
+    v = _effects(lab, ps, "v")
+    n_layers, n_heads = v.shape[:2]
+    _require_bands(n_layers, {"late": range(late_from_layer, n_layers), "early and middle": range(late_from_layer)})
+    split = late_from_layer * n_heads
+
+    def ratio(x):  # [..., layer * head, batch]
+        size = x.mean(-1).abs()
+        return size[..., split:].mean(-1) / size[..., :split].mean(-1)
+
+    return lab.ci(v.flatten(0, 1), ratio)
+
+
+def pattern_band_ratio(lab, ps, early_until_layer, late_from_layer):
+    """Interval of min(early, late) / middle, each band's mean_h |mean pattern effect|."""
+    p = _effects(lab, ps, "pattern")
+    n_layers, n_heads = p.shape[:2]
+    _require_bands(n_layers, {"early": range(early_until_layer), "middle": range(early_until_layer, late_from_layer),
+                              "late": range(late_from_layer, n_layers)})
+    early, late = early_until_layer * n_heads, late_from_layer * n_heads
+
+    def ratio(x):  # [..., layer * head, batch]
+        size = x.mean(-1).abs()
+        outer = torch.minimum(size[..., :early].mean(-1), size[..., late:].mean(-1))
+        return outer / size[..., early:late].mean(-1)
+
+    return lab.ci(p.flatten(0, 1), ratio)
+
+
+def late_top_heads(lab, ps, late_from_layer, top_k):
+    """The ``top_k`` heads ``(layer, head)`` in layers >= late by |mean z effect| over all of ``ps``, largest first."""
+    z = _effects(lab, ps, "z").mean(-1)
+    n_layers, n_heads = z.shape
+    available = (n_layers - late_from_layer) * n_heads
+    if not 0 < top_k <= available:
+        raise EmptyBandError(f"top_k={top_k} late heads asked, but layers {late_from_layer}+ of this {n_layers}-layer "
+                             f"model hold {max(available, 0)} heads.")
+    order = z[late_from_layer:].flatten().abs().argsort(descending=True, stable=True)[:top_k].tolist()
+    return [(late_from_layer + i // n_heads, i % n_heads) for i in order]
+
+
+def pattern_share_of_late_heads(lab, ps, late_from_layer, top_k):
+    """Interval of sum_h mean(pattern_h) * sign(mean(z_h)) / sum_h |mean(z_h)| over the late top heads.
+
+    The heads are chosen once, on the whole prompt set (:func:`late_top_heads`), and held fixed in every
+    resample: the claim is about *these* heads (the source names them), and the interval then measures the
+    prompts' noise in their share, not a mix with which heads happen to rank top in a resample (choosing
+    per resample would swap heads in and out near the k-th rank and make the statistic jump). On a re-test
+    (``Lab.judge``, fresh prompts) the heads are chosen again on those prompts. In a resample, each head's
+    sign is that of its resampled z mean, so the denominator is the numerator's own ``sum z * sign(z)``.
+    """
+    heads = late_top_heads(lab, ps, late_from_layer, top_k)
+    z, p = _effects(lab, ps, "z"), _effects(lab, ps, "pattern")
+    stacked = torch.stack([torch.stack([p[l, h] for l, h in heads]), torch.stack([z[l, h] for l, h in heads])])
+
+    def share(x):  # [..., 2, head, batch]
+        means = x.mean(-1)
+        pattern, output = means[..., 0, :], means[..., 1, :]
+        return (pattern * output.sign()).sum(-1) / output.abs().sum(-1)
+
+    return lab.ci(stacked, share)
+
+
+# --- the claim tests ----------------------------------------------------------------------------------
+
+
+def _fail_on_empty_bands(evidence, prompt_set, n_layers, bands):
+    """Fail the test, recording why, when a band the claim compares has no layer on this model."""
+    empty = empty_bands(n_layers, bands)
+    if not empty:
+        return
+    some = Rule(">=", 1, interval=False)  # the claim is about heads in every band
+    record = evidence.record(f"layers in the {' and '.join(empty)} band(s) of this {n_layers}-layer model", 0,
+                             threshold=some.text, holds=False, prompt_set=prompt_set)
+    pytest.fail(f"{record.describe()}\nThe spec's bands: "
+                f"{', '.join(f'{name} layers {_span(r)}' for name, r in bands.items())}; choose bands that each hold "
+                f"a layer of this model.")
+
+
+def _head_heatmap(values, title, caption, highlight=()):
+    return (lambda: heatmap(values, title=title, xlabel="head", ylabel="layer", colorbar_label="patched - corrupted",
+                            xticklabels=[str(h) for h in range(values.shape[1])], highlight=list(highlight)),
+            caption)
+
+
+def _labels(n_layers, n_heads):
+    return [f"L{layer}H{head}" for layer in range(n_layers) for head in range(n_heads)]
+
+
+LATE_VALUE_STATEMENT = ("Late value heads: patching a head's values matters most for the late heads (the "
+                        "mean |value patching effect| of late heads is a multiple of that of earlier heads).")
+
+
+@pytest.mark.claim(id="late-value-heads", statement=LATE_VALUE_STATEMENT)
+@given(data=st.data())
+def test_late_heads_matter_most_by_value_patching(model, lab, claim, evidence, data):
+    prompt_set = lab.draw(data)
+    n_layers = model.bridge.cfg.n_layers
+    late = claim.late_from_layer
+    _fail_on_empty_bands(evidence, prompt_set, n_layers,
+                         {"late": range(late, n_layers), "early and middle": range(late)})
+    lab.require_task_solved(prompt_set, evidence)
+    judged = lab.judge(Rule(">=", claim.min_ratio), prompt_set, lambda lab, ps: late_value_ratio(lab, ps, late),
+                       n_sets=settings().max_examples)
+    v = _effects(lab, prompt_set, "v").mean(-1)
+    z = _effects(lab, prompt_set, "z").mean(-1)
+    figures = {
+        "Value patching effect per head": _head_heatmap(
+            v, "v patching: patched - corrupted",
+            f"If the claim holds, the rows from layer {late} up hold the darkest cells."),
+        "Output (z) patching vs value patching, per head": (
+            lambda: scatter_figure(v.flatten(), z.flatten(), labels=_labels(*v.shape), title="z vs v patching",
+                                   xlabel="v patching effect", ylabel="z patching effect"),
+            f"One point per head (the source's plot). If the claim holds, the points far from 0 are heads of "
+            f"layers {late}+."),
+    }
+    record = evidence.record(
+        f"mean |v patching effect| of heads in layers {late}+ / of heads in layers 0..{late - 1}", judged.interval,
+        judgement=judged, prompt_set=prompt_set, figures=figures,
+    )
+    assert record.holds, judged.explain(record.describe())
+
+
+PATTERN_BANDS_STATEMENT = ("Pattern bands: patching a head's attention pattern matters for early and late heads, "
+                           "not for middle heads (each outer band's mean |pattern patching effect| is a multiple "
+                           "of the middle band's).")
+
+
+@pytest.mark.claim(id="pattern-bands", statement=PATTERN_BANDS_STATEMENT)
+@given(data=st.data())
+def test_early_and_late_heads_matter_by_pattern_patching(model, lab, claim, evidence, data):
+    prompt_set = lab.draw(data)
+    n_layers = model.bridge.cfg.n_layers
+    early, late = claim.early_until_layer, claim.late_from_layer
+    _fail_on_empty_bands(evidence, prompt_set, n_layers, {"early": range(early), "middle": range(early, late),
+                                                          "late": range(late, n_layers)})
+    lab.require_task_solved(prompt_set, evidence)
+    judged = lab.judge(Rule(">=", claim.min_ratio), prompt_set,
+                       lambda lab, ps: pattern_band_ratio(lab, ps, early, late), n_sets=settings().max_examples)
+    pattern = _effects(lab, prompt_set, "pattern").mean(-1)
+    figures = {"Pattern patching effect per head": _head_heatmap(
+        pattern, "pattern patching: patched - corrupted",
+        f"If the claim holds, the rows below layer {early} and from layer {late} up hold dark cells, and the rows "
+        f"{early}..{late - 1} between them stay pale.")}
+    record = evidence.record(
+        f"min(mean |pattern patching effect| of layers 0..{early - 1}, of layers {late}+) / of layers "
+        f"{early}..{late - 1}", judged.interval, judgement=judged, prompt_set=prompt_set, figures=figures,
+    )
+    assert record.holds, judged.explain(record.describe())
+
+
+PATTERN_EXPLAINS_STATEMENT = ("Late heads act through their attention patterns: for the top late heads by output "
+                              "(z) patching, patching only their attention patterns reproduces most of their "
+                              "output patching effect.")
+
+
+@pytest.mark.claim(id="pattern-explains-late-heads", statement=PATTERN_EXPLAINS_STATEMENT)
+@given(data=st.data())
+def test_pattern_patching_reproduces_late_heads_output_patching(model, lab, claim, evidence, data):
+    prompt_set = lab.draw(data)
+    cfg = model.bridge.cfg
+    late, k = claim.late_from_layer, claim.top_k
+    available = (cfg.n_layers - late) * cfg.n_heads
+    if k > available:
+        some = Rule(">=", k, "top_k", interval=False)
+        record = evidence.record(f"heads in layers {late}+ of this {cfg.n_layers}-layer model", available,
+                                 threshold=some.text, holds=False, prompt_set=prompt_set)
+        pytest.fail(f"{record.describe()}\nThe claim is about the top {k} late heads; lower top_k or late_from_layer.")
+    lab.require_task_solved(prompt_set, evidence)
+    judged = lab.judge(Rule(">=", claim.min_fraction), prompt_set,
+                       lambda lab, ps: pattern_share_of_late_heads(lab, ps, late, k), n_sets=settings().max_examples)
+    heads = late_top_heads(lab, prompt_set, late, k)
+    z = _effects(lab, prompt_set, "z").mean(-1)
+    pattern = _effects(lab, prompt_set, "pattern").mean(-1)
+    caption = ("The boxed cells are the late top heads. If the claim holds, their cells have about the same colour "
+               "in both maps.")
+    figures = {
+        "Output (z) patching effect per head (late top heads boxed)": _head_heatmap(
+            z, "z patching: patched - corrupted", caption, heads),
+        "Pattern patching effect per head (late top heads boxed)": _head_heatmap(
+            pattern, "pattern patching: patched - corrupted", caption, heads),
+    }
+    record = evidence.record(
+        f"share of the z patching effect of late top-{k} heads {[f'L{l}H{h}' for l, h in heads]} (layers {late}+) "
+        f"reproduced by pattern patching, sum pattern * sign(z) / sum |z|", judged.interval, judgement=judged,
+        prompt_set=prompt_set, figures=figures,
+    )
+    assert record.holds, judged.explain(record.describe())
+
+
+# --- drafters (discovery) -----------------------------------------------------------------------------
+
+
+def _late_layer(ctx: DraftContext):
+    """The late layers for a draft: final-token localization's, else two thirds up (the source's 16 of 24)."""
+    if ctx.late_from_layer is not None:
+        return ctx.late_from_layer, "late layers from final-token-localization"
+    return (round(ctx.n_layers * 2 / 3),
+            "late layers two thirds up, as the source's 16 of 24 (final-token-localization not stated)")
+
+
+def _intervals_text(intervals):
+    return "; ".join(str(i) for i in intervals)
+
+
+@drafts("late-value-heads")
+def _draft_late_value_heads(ctx: DraftContext):
+    late, where = _late_layer(ctx)
+    if not 1 <= late < ctx.n_layers:
+        return None, f"not stated: {where} start at layer {late}, leaving no earlier heads to compare with"
+
+    def measure(lab, ps):
+        return late_value_ratio(lab, ps, late)
+
+    intervals = ctx.intervals(measure)
+    rule = ctx.rule(">=", intervals)
+    if rule.threshold <= 1.0:
+        return None, (f"not stated: mean |v effect| of heads in layers {late}+ / of earlier heads is "
+                      f"{_intervals_text(intervals)}: no threshold above 1 holds on every set with margin")
+    return LateValueHeads(tolerance=ctx.tolerance(measure), late_from_layer=late, min_ratio=rule.threshold), where
+
+
+@drafts("pattern-bands")
+def _draft_pattern_bands(ctx: DraftContext):
+    late, where = _late_layer(ctx)
+    early = max(1, min(late - 1, round(ctx.n_layers / 6)))  # the source's early heads: layers 0..3 of 24
+    if not 1 <= early < late < ctx.n_layers:
+        return None, (f"not stated: {where} start at layer {late} of {ctx.n_layers}, leaving no room for an early "
+                      f"and a middle band of at least one layer each")
+
+    def measure(lab, ps):
+        return pattern_band_ratio(lab, ps, early, late)
+
+    intervals = ctx.intervals(measure)
+    rule = ctx.rule(">=", intervals)
+    if rule.threshold <= 1.0:
+        return None, (f"not stated: min(early, late) / middle mean |pattern effect| with bands 0..{early - 1}, "
+                      f"{early}..{late - 1}, {late}+ is {_intervals_text(intervals)}: no threshold above 1 holds "
+                      f"on every set with margin")
+    return PatternBands(tolerance=ctx.tolerance(measure), early_until_layer=early, late_from_layer=late,
+                        min_ratio=rule.threshold), f"{where}; early band: layers before {early} (a sixth of the model)"
+
+
+@drafts("pattern-explains-late-heads")
+def _draft_pattern_explains_late_heads(ctx: DraftContext):
+    late, where = _late_layer(ctx)
+    if not 0 <= late < ctx.n_layers:
+        return None, f"not stated: {where} start at layer {late} of {ctx.n_layers}"
+    k = min(ctx.options.n_heads_named, (ctx.n_layers - late) * ctx.n_heads)
+
+    def measure(lab, ps):
+        return pattern_share_of_late_heads(lab, ps, late, k)
+
+    intervals = ctx.intervals(measure)
+    rule = ctx.rule(">=", intervals)
+    if rule.threshold < 0.5:
+        return None, (f"not stated: share of the z effect of the top {k} heads in layers {late}+ reproduced by "
+                      f"pattern patching is {_intervals_text(intervals)}: no threshold of at least 0.5 (most of "
+                      f"it) holds on every set with margin (drafted {rule.threshold:g})")
+    return PatternExplainsLateHeads(tolerance=ctx.tolerance(measure), late_from_layer=late, top_k=k,
+                                    min_fraction=rule.threshold), where

@@ -1,0 +1,226 @@
+"""The head-band claims (claims/test_head_band_claims.py): their statistics on effects whose answer is known,
+their spec checks, and falsifiability.
+
+- Unit: ``late_value_ratio``, ``pattern_band_ratio`` and ``pattern_share_of_late_heads`` on hand-made
+  per-head effects (a lab whose sweeps are given), with the answer worked out by hand; a band without layers
+  and a ``top_k`` beyond the late heads are refused with the reason; a spec whose bands contradict each other
+  is refused at load, naming the field.
+- Falsifiability: the three claim tests, run as a user would (a pytest subprocess) with thresholds their
+  statistics cannot reach, fail, each with its own statistic and an interval wholly below the threshold.
+  They run on the bundled default model: the claims need a model that solves the task (on the random-weight
+  test models clean and corrupted logit differences mostly do not differ, and the claims stop at that
+  precondition before their statistic), and one with at least 3 layers (an early, a middle and a late band).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from circuit.lab import Lab
+from circuit.spec import SpecError, load_spec
+from fixtures.claims_session import DEFAULT_MODELS
+
+ROOT = Path(__file__).resolve().parent.parent
+CLAIMS = ROOT / "claims" / "test_head_band_claims.py"
+TEST_SPEC = ROOT / "claims" / "specs" / "test-models.toml"
+
+
+def _claims_module():
+    """The claim file, imported under the name ``circuit.spec.import_claims`` gives it."""
+    name = f"_circuit_claims_.{CLAIMS.stem}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, CLAIMS)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+bands = _claims_module()
+
+
+class GivenEffects(Lab):
+    """A lab whose per-head patching effects are given, ``site -> [layer, head, batch]`` (no model)."""
+
+    def __init__(self, **effects):
+        super().__init__(model=None, spec=load_spec(TEST_SPEC))
+        self.given = effects
+
+    def patch(self, ps, site, method="activation"):
+        return site
+
+    def effects(self, result):
+        return self.given[result]
+
+
+def constant(means, n_prompts=8):
+    """Effects equal to ``means`` on every prompt: every resample's mean is ``means``, the interval a point."""
+    return torch.tensor(means, dtype=torch.float64)[..., None].expand(*torch.tensor(means).shape, n_prompts)
+
+
+def point(interval):
+    assert float(interval.low) == pytest.approx(float(interval.high)), interval
+    return float(interval.estimate)
+
+
+# --- the statistics on hand-made effects -----------------------------------------------------------------
+
+
+def test_late_value_ratio_divides_the_late_heads_mean_size_by_the_earlier_heads():
+    v = constant([[1.0, -1.0], [0.5, 0.5], [4.0, -2.0]])  # late (layer 2): mean |.| 3; layers 0-1: 0.75
+    assert point(bands.late_value_ratio(GivenEffects(v=v), None, 2)) == pytest.approx(4.0)
+    assert point(bands.late_value_ratio(GivenEffects(v=v), None, 1)) == pytest.approx((0.5 + 0.5 + 4 + 2) / 4 / 1.0)
+
+
+def test_a_head_s_size_is_the_magnitude_of_its_mean_effect_not_its_mean_magnitude():
+    v = constant([[1.0, 1.0], [3.0, 0.0]])
+    v = v.clone()
+    v[1, 0] = torch.tensor([3.0, -3.0] * 4)  # +3 and -3 on alternate prompts: mean 0
+    assert float(bands.late_value_ratio(GivenEffects(v=v), None, 1).estimate) == 0.0
+
+
+def test_pattern_band_ratio_is_the_weaker_outer_band_over_the_middle_band():
+    pattern = constant([[2.0, -2.0], [0.5, 0.5], [-0.5, 0.5], [1.0, 3.0]])  # early 2, middle 0.5, late 2
+    assert point(bands.pattern_band_ratio(GivenEffects(pattern=pattern), None, 1, 3)) == pytest.approx(4.0)
+    weak_early = pattern.clone()
+    weak_early[0] = 1.0  # early 1 < late 2: the weaker band decides
+    assert point(bands.pattern_band_ratio(GivenEffects(pattern=weak_early), None, 1, 3)) == pytest.approx(2.0)
+
+
+def test_pattern_share_counts_pattern_effects_against_the_sign_of_each_late_top_head_s_output():
+    z = constant([[10.0, 0.0], [2.0, -0.1], [0.2, -4.0]])  # L0H0 is largest, but early: not a late head
+    pattern = constant([[10.0, 0.0], [-1.0, 5.0], [0.0, -3.0]])
+    lab = GivenEffects(z=z, pattern=pattern)
+    assert bands.late_top_heads(lab, None, 1, 2) == [(2, 1), (1, 0)]
+    # L2H1: pattern -3 with z -4 reproduces 3; L1H0: pattern -1 against z +2 counts -1; of |z| 4 + 2.
+    assert point(bands.pattern_share_of_late_heads(lab, None, 1, 2)) == pytest.approx((3 - 1) / 6)
+    same = GivenEffects(z=z, pattern=z)
+    assert point(bands.pattern_share_of_late_heads(same, None, 1, 3)) == pytest.approx(1.0)
+
+
+def test_bands_without_layers_and_too_many_late_heads_are_refused_with_the_reason():
+    effects = constant([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+    lab = GivenEffects(v=effects, pattern=effects, z=effects)
+    with pytest.raises(bands.EmptyBandError, match=r"the early and middle band\(s\) hold no layer of this 3-layer "
+                                                   r"model \(late: layers 0\.\.2, early and middle: layers none\)"):
+        bands.late_value_ratio(lab, None, 0)
+    with pytest.raises(bands.EmptyBandError, match=r"the middle band\(s\) hold no layer"):
+        bands.pattern_band_ratio(lab, None, 2, 2)
+    with pytest.raises(bands.EmptyBandError, match=r"top_k=5 late heads asked, but layers 1\+ of this 3-layer model "
+                                                   r"hold 4 heads"):
+        bands.late_top_heads(lab, None, 1, 5)
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ("[claims.late-value-heads]\nlate_from_layer = 0\nmin_ratio = 2.0\ntolerance = 0.5",
+     r"\[claims\.late-value-heads\] late_from_layer: is 0, but must be at least 1"),
+    ("[claims.pattern-bands]\nearly_until_layer = 2\nlate_from_layer = 2\nmin_ratio = 2.0\ntolerance = 0.5",
+     r"\[claims\.pattern-bands\] early_until_layer: the middle band \(layers 2 \.\. 1\) is empty"),
+    ("[claims.pattern-bands]\nearly_until_layer = 0\nlate_from_layer = 1\nmin_ratio = 2.0\ntolerance = 0.5",
+     r"\[claims\.pattern-bands\] early_until_layer: is 0, but the early band"),
+])
+def test_a_spec_whose_bands_cannot_be_compared_is_refused_at_load(tmp_path, table, message):
+    path = tmp_path / "spec.toml"
+    path.write_text(TEST_SPEC.read_text() + "\n" + table + "\n")
+    with pytest.raises(SpecError, match=message):
+        load_spec(path)
+
+
+def _draft_context(lab, n_layers, n_heads):
+    from circuit.discover import DiscoveryOptions, DraftContext
+    from circuit.spec import PromptSpec
+
+    prompts = PromptSpec(min_size=8, max_size=8, min_digits=2, max_digits=2, corruptions=("same_length",))
+    return DraftContext(lab, lab, (None,), DiscoveryOptions(prompts=prompts), n_layers, n_heads, {})
+
+
+def test_the_drafters_state_what_the_effects_support_and_say_why_not_otherwise():
+    from circuit.discover import DRAFTERS
+
+    outer = constant([[2.0, -2.0], [0.5, 0.5], [1.0, 3.0]])  # sizes 2, 0.5, 2 by layer
+    lab = GivenEffects(v=outer, pattern=outer, z=outer)
+    ctx = _draft_context(lab, 3, 2)  # no final-token-localization: late layers two thirds up, layer 2
+    late_value, note = DRAFTERS["late-value-heads"](ctx)
+    assert (late_value.late_from_layer, late_value.min_ratio) == (2, 1.45), note  # 2 / 1.25, less the margin
+    drafted_bands, _ = DRAFTERS["pattern-bands"](ctx)
+    assert (drafted_bands.early_until_layer, drafted_bands.late_from_layer, drafted_bands.min_ratio) == (1, 2, 3.85)
+    share, _ = DRAFTERS["pattern-explains-late-heads"](ctx)
+    assert (share.late_from_layer, share.top_k, share.min_fraction) == (2, 2, 0.85)  # pattern = z: share 1
+
+    flat = constant([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]])
+    ctx = _draft_context(GivenEffects(v=flat, pattern=flat, z=-flat), 3, 2)
+    for claim_id, number in (("late-value-heads", "1 [95% CI 1, 1]"), ("pattern-bands", "1 [95% CI 1, 1]"),
+                             ("pattern-explains-late-heads", "-1 [95% CI -1, -1]")):
+        drafted, note = DRAFTERS[claim_id](ctx)
+        assert drafted is None and note.startswith("not stated: ") and number in note, (claim_id, note)
+
+
+# --- falsifiability ----------------------------------------------------------------------------------------
+
+UNREACHABLE = 1000.0
+"""A threshold none of the three statistics reaches (ratios of head sizes of the same order, and a share of
+the output effect that is at most about 1)."""
+
+SPEC = f"""
+[model]
+match = ["{DEFAULT_MODELS[0]}"]
+[statistics]
+level = 0.95
+n_resamples = 200
+[prompts]
+min_size = 8
+max_size = 8
+min_digits = 2
+max_digits = 2
+corruptions = ["same_length"]
+metric = "first_differing_token"
+[claims.late-value-heads]
+late_from_layer = 2
+min_ratio = {UNREACHABLE}
+tolerance = 0.5
+[claims.pattern-bands]
+early_until_layer = 1
+late_from_layer = 2
+min_ratio = {UNREACHABLE}
+tolerance = 0.5
+[claims.pattern-explains-late-heads]
+late_from_layer = 1
+top_k = 3
+min_fraction = {UNREACHABLE}
+tolerance = 0.1
+"""
+
+
+@pytest.fixture(scope="module")
+def unreachable_run(tmp_path_factory):
+    from test_claims_falsifiable import run_claims
+
+    tmp = tmp_path_factory.mktemp("head-bands")
+    (tmp / "spec.toml").write_text(SPEC)
+    return run_claims(tmp, str(CLAIMS), "--claims-spec", str(tmp / "spec.toml"), "--model", DEFAULT_MODELS[0],
+                      "-p", "no:html")
+
+
+@pytest.mark.parametrize(("test", "statistic"), [
+    ("test_late_heads_matter_most_by_value_patching",
+     "mean |v patching effect| of heads in layers 2+ / of heads in layers 0..1"),
+    ("test_early_and_late_heads_matter_by_pattern_patching",
+     "min(mean |pattern patching effect| of layers 0..0, of layers 2+) / of layers 1..1"),
+    ("test_pattern_patching_reproduces_late_heads_output_patching",
+     "share of the z patching effect of late top-3 heads ['L"),
+])
+def test_an_unreachable_threshold_fails_each_head_band_claim(unreachable_run, test, statistic):
+    from test_claims_falsifiable import verdicts
+
+    result, evidence = unreachable_run
+    claim = verdicts(evidence[DEFAULT_MODELS[0]])[test]
+    assert claim["outcome"] == "failed", result.stdout[-3000:]
+    assert claim["statistic"].startswith(statistic), claim["statistic"]
+    assert claim["threshold"].startswith(f"CI high >= {UNREACHABLE:g}")
+    assert claim["high"] < UNREACHABLE and claim["low"] <= claim["estimate"] <= claim["high"]
+    assert "does NOT hold" in result.stdout
