@@ -21,6 +21,10 @@ from pathlib import Path
 import pytest
 
 from circuit.evidence import load_evidence
+from fixtures.claims_session import declared_claim_tests
+
+N_CLAIM_TESTS = len(declared_claim_tests())
+"""Claim tests in claims/ (a partial run reports "N of these")."""
 
 pytest_plugins = ["pytester"]
 
@@ -130,11 +134,11 @@ def test_a_k_run_merges_into_evidence_and_baseline_per_test_and_reports_itself_a
     before = snapshot(files)
     result = claims_run(str(CLAIMS), "-k", "attributions", "--update-baseline")
     assert result.ret == 0
-    result.stdout.fnmatch_lines(["*partial run: 1 of 15 claim tests*",
+    result.stdout.fnmatch_lines([f"*partial run: 1 of {N_CLAIM_TESTS} claim tests*",
                                  "*baseline updated: *test-qwen2-2l.json: 1 updated, 2 kept*"])
     after = snapshot(files)
     assert after["reports/claims.html"] == before["reports/claims.html"]  # the full run's report stays
-    assert "partial run: 1 of 15 claim tests" in (files / "reports" / "claims-partial.html").read_text()
+    assert f"partial run: 1 of {N_CLAIM_TESTS} claim tests" in (files / "reports" / "claims-partial.html").read_text()
     old, new = records(full_run_path(before, EVIDENCE)), records(files / EVIDENCE)
     assert new.keys() == old.keys()  # 15 records: 14 kept, 1 replaced
     changed = {t for t in new if new[t] != old[t]}
@@ -320,4 +324,4 @@ def test_xdist_workers_send_every_record_to_the_controller(pytester, monkeypatch
     assert not list(pytester.path.rglob("*.tmp"))
     report = (pytester.path / "reports" / "claims-partial.html").read_text()
     assert "data:image/png;base64," in report  # the workers rendered the figures
-    assert "partial run: 3 of 15 claim tests" in report
+    assert f"partial run: 3 of {N_CLAIM_TESTS} claim tests" in report
