@@ -223,6 +223,8 @@ KNOWN_CLAIMS: dict[str, type[ClaimSpec]] = {}
 (the built-in claims below, and every claim module imported, e.g. by pytest collecting ``claims/``)."""
 
 _CLAIM_ID = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+_SOURCES: dict[str, str] = {}
+"""Claim id -> the file that declared it (read when it was declared: a module may later leave sys.modules)."""
 
 
 def register_claim(claim_id: str) -> Callable[[type], type]:
@@ -253,11 +255,12 @@ def register_claim(claim_id: str) -> Callable[[type], type]:
             raise ValueError(f"@register_claim({claim_id!r}) decorates {cls!r}: it must be a "
                              f"@dataclass(frozen=True) subclass of circuit.spec.ClaimSpec (put @register_claim above "
                              f"@dataclass).")
-        known = KNOWN_CLAIMS.get(claim_id)
-        if known is not None and _source_of(known) != _source_of(cls):
-            raise ValueError(f"Claim id {claim_id!r} is declared twice: by {known.__qualname__} in {_source_of(known)} "
-                             f"and by {cls.__qualname__} in {_source_of(cls)}. Rename one.")
+        known, source = KNOWN_CLAIMS.get(claim_id), _source_of(cls)
+        if known is not None and _SOURCES[claim_id] != source:
+            raise ValueError(f"Claim id {claim_id!r} is declared twice: by {known.__qualname__} in {_SOURCES[claim_id]} "
+                             f"and by {cls.__qualname__} in {source}. Rename one.")
         KNOWN_CLAIMS[claim_id] = cls  # the same file imported again (e.g. under another module name) replaces it
+        _SOURCES[claim_id] = source
         return cls
 
     return decorate
