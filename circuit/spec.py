@@ -10,6 +10,11 @@ Loading validates everything up front and names the file and the key of any prob
 id, a missing or unknown field, a value of the wrong type or out of range, and (given the model's size)
 a layer or head index the model does not have. The result is a tree of frozen dataclasses.
 
+Which claim ids exist, and what each one's table holds, is a registry (:data:`KNOWN_CLAIMS`): a claim's
+parameters are a frozen dataclass registered with :func:`register_claim`, by the built-in claims below and
+by each claim module in ``claims/`` for its own claims (:func:`import_claims` imports such a folder). Every
+claim table may say who stated it: ``origin = "hand"`` (the default) or ``"discovery"``.
+
 Layout of a spec file::
 
     [model]                     # which models the spec is for
