@@ -335,8 +335,6 @@ def _toml_field(name: str, value: Any) -> list[str]:
         rows = ["{ " + ", ".join(f"{f.name} = {_toml_value(getattr(v, f.name))}" for f in fields(v)) + " },"
                 for v in value]
         return [f"{name} = ["] + [f"    {row}" for row in rows] + ["]"]
-    if hasattr(value, "values") and hasattr(value, "at"):  # PerDtype
-        return [f"{name} = {value}"]
     return [f"{name} = {_toml_value(value)}"]
 
 

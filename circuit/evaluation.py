@@ -129,9 +129,9 @@ def answer_predictions(
             spans.append((len(prompt), len(answer)))
         length = max(map(len, rows))
         tokens = torch.tensor([r + [pad] * (length - len(r)) for r in rows], device=device)
-        logits = _logits(model, tokens).float()  # [batch, pos, vocab]: the prediction for the next token
+        logits = _logits(model, tokens)  # [batch, pos, vocab]: the prediction for the next token
         for i, (problem, (begin, n)) in enumerate(zip(chunk, spans)):
-            read = logits[i, begin - 1 : begin - 1 + n]
+            read = logits[i, begin - 1 : begin - 1 + n].float()  # only the answer positions, in float32
             target = tokens[i, begin : begin + n]
             rank = (read >= read.gather(-1, target[:, None])).sum(-1)
             out.append(AnswerPrediction(problem, tuple(target.tolist()), tuple(read.argmax(-1).tolist()),

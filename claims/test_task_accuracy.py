@@ -109,8 +109,7 @@ def test_greedy_decoding_writes_the_product(model, lab, claim, evidence, data):
         pytest.skip("the spec states no min_exact_match for task-accuracy")
     prompt_set = lab.draw(data)
     judged = lab.judge(Rule(">=", claim.min_exact_match), prompt_set,
-                       lambda lab, ps: exact_match(lab, ps, claim.stop), n_sets=settings().max_examples,
-                       fresh_prompts=True)
+                       lambda lab, ps: exact_match(lab, ps, claim.stop), n_sets=settings().max_examples)
     record = evidence.record("fraction of prompts answered exactly by greedy decoding", judged.interval,
                              judgement=judged, prompt_set=prompt_set, figures=_table(lab, prompt_set, claim.stop))
     assert record.holds, judged.explain(record.describe())

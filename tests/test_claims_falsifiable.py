@@ -94,20 +94,27 @@ def verdicts(evidence: dict) -> dict[str, dict]:
     return {claim["test"]: claim for claim in evidence["claims"]}
 
 
-def no_information_model(source: str, folder: Path) -> Path:
-    """``source`` with every attention output projection zeroed: no position sees another's information."""
+def attention_off_model(source: str, folder: Path, layers: list[int] | None = None) -> Path:
+    """``source`` with the attention output projection of ``layers`` (default: every layer) zeroed: those
+    layers' attention writes nothing."""
     import shutil
 
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.o_proj.weight.zero_()
+        for index, layer in enumerate(model.model.layers):
+            if layers is None or index in layers:
+                layer.self_attn.o_proj.weight.zero_()
     model.save_pretrained(folder, safe_serialization=True)
     for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "generation_config.json"):
         shutil.copy(Path(source) / name, folder / name)
     return folder
+
+
+def no_information_model(source: str, folder: Path) -> Path:
+    """``source`` with every attention output projection zeroed: no position sees another's information."""
+    return attention_off_model(source, folder)
 
 
 @pytest.fixture(scope="module")

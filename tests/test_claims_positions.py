@@ -17,13 +17,12 @@ named MLP cells with top_k = 1 fail (two cells cannot both rank first; ties coun
 from __future__ import annotations
 
 import importlib.util
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from test_claims_falsifiable import run_claims, verdicts
+from test_claims_falsifiable import attention_off_model, run_claims, verdicts
 
 ROOT = Path(__file__).resolve().parent.parent
 CLAIM_FILE = ROOT / "claims" / "test_position_claims.py"
@@ -215,24 +214,11 @@ def test_spec_checks_name_the_field(positions, tmp_path, table, message):
 # --- falsifiability ----------------------------------------------------------------------------------------
 
 
-def attention_off_model(source: str, folder: Path, layer: int = 0) -> Path:
-    """``source`` with one layer's attention output projection zeroed: that layer's attention writes nothing."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
-    with torch.no_grad():
-        model.model.layers[layer].self_attn.o_proj.weight.zero_()
-    model.save_pretrained(folder, safe_serialization=True)
-    for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "generation_config.json"):
-        shutil.copy(Path(source) / name, folder / name)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def falsified_run(tmp_path_factory, test_model_folder):
     tmp = tmp_path_factory.mktemp("positions")
     (tmp / "spec.toml").write_text(SPEC)
-    off = attention_off_model(test_model_folder("test-qwen2-2l"), tmp / "attention-0-off")
+    off = attention_off_model(test_model_folder("test-qwen2-2l"), tmp / "attention-0-off", layers=[0])
     return run_claims(tmp, str(CLAIM_FILE), "--claims-spec", str(tmp / "spec.toml"), "--model", "test-qwen2-2l",
                       "--model", str(off), "-p", "no:html")
 

@@ -35,22 +35,15 @@ def _adding_a_claim() -> tuple[str, str]:
 
 
 def _run_claim_file(tmp_path: Path, claim_file: Path, spec: Path) -> tuple[int, str, dict]:
-    """``pytest <claim_file> --claims-spec <spec>`` in a subprocess, with the suite's plugins, on the default model."""
-    import json
-    import os
-    import subprocess
-    import sys
+    """``pytest <claim_file> --claims-spec <spec>`` in a subprocess on the default model: the file lies outside
+    the repository, so the suite's plugins and ini file are named (``run_claims`` runs from the repository)."""
+    from test_claims_falsifiable import run_claims
 
     root = README.parent
     tmp_path.mkdir(parents=True, exist_ok=True)
-    reports = tmp_path / "reports"
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "fixtures.plugin", "-p",
-               "fixtures.claims_plugin", "-p", "no:html", "--rootdir", str(root), "-c", str(root / "pyproject.toml"),
-               "--basetemp", str(tmp_path / "basetemp"), "--claims-reports", str(reports), "--claims-spec", str(spec),
-               str(claim_file)]
-    result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)})
-    evidence = {p.stem: json.loads(p.read_text()) for p in (reports / "evidence").glob("*.json")}
+    result, evidence = run_claims(tmp_path, "-p", "fixtures.plugin", "-p", "fixtures.claims_plugin", "-p", "no:html",
+                                  "--rootdir", str(root), "-c", str(root / "pyproject.toml"), "--claims-spec",
+                                  str(spec), str(claim_file))
     return result.returncode, result.stdout + result.stderr, evidence
 
 
