@@ -1,170 +1,309 @@
-"""Decisions: how a claim's interval is judged against its threshold, with a stated error rate.
+"""Verdicts: whether a claim is supported, refuted, or not decided by its evidence, with both error rates stated.
 
-A claim test is a hypothesis property checked on several prompt sets (``max_examples`` of the profile: 3
-under ``ci``, 50 under ``thorough``). Judging each set on its own 95% interval would make a family of tests
-with no stated error rate: a true claim sitting at its threshold would fail some set of 50 most of the time.
-So a claim is *refuted* on a set only when the data exclude it, at a level adjusted for the number of sets
-(:class:`FamilyWise`, Bonferroni): with a family-wise level ``alpha`` (the spec's ``[statistics]
-family_level``, 0.05 by default) and ``n`` sets, a claim ``statistic >= t`` fails a set when the set's
-``1 - alpha / n`` upper bound (the high end of the ``1 - 2 alpha / n`` two-sided bootstrap interval) lies
-below ``t``. By the union bound, a claim whose statistic truly meets its threshold is refuted on any of its
-``n`` sets with probability at most ``alpha`` (as far as the bootstrap's tail is right). Reading the *near*
-end instead (the old ``CI low >= t``) asks each set to prove the claim: a true claim at its threshold then
-fails nearly always, and no level can be stated for it.
+A claim test measures a statistic with a bootstrap interval over prompts and compares it with the spec's
+threshold through a :class:`Rule`. The interval has three places to lie:
 
-A failure must reproduce before the claim is declared false (:func:`declared_false`): the failing set is
-measured again with other bootstrap resamples and, where the claim allows, on fresh prompts of the same
-shape, and judged by the same rule; only when that fails too is the claim false. The reproduction can only
-lower the false-rejection rate; ``tests/test_calibration.py`` measures both rates on synthetic data.
+- **supported**: wholly on the claimed side of the threshold (``statistic >= t``: the interval's *low* end is
+  at least ``t``);
+- **refuted**: wholly on the other side (its *high* end is below ``t``);
+- **inconclusive**: it straddles the threshold. The evidence says neither; a claims suite that passed such a
+  test would pass a claim for lack of evidence, so an inconclusive test fails unless the user asks otherwise.
 
-A :class:`Rule` is written once per claim and gives the decision's text, its verdict and its margin, so the
-claims and discovery (``circuit.discover``) cannot disagree on what a threshold means.
+A claim test passes only when the claim is supported on *every* prompt set it draws (hypothesis' examples:
+3 under ``ci``, 50 under ``thorough``). That is an intersection-union test: the claim is declared supported
+only when each set's test rejects "the claim is false", so the chance of declaring a false claim supported is
+at most the largest of the per-set chances, ``alpha`` (the spec's ``[statistics] family_level``), however many
+sets are drawn.
+
+Within a set the test may look more than once (:class:`Scheme`): a set that is inconclusive grows by a batch
+of fresh prompts of its shape, up to the spec's ``[prompts] budget``, and is judged again. Each of the
+``looks = budget // set size`` looks spends ``alpha / looks`` (Bonferroni spending: looking again cannot
+raise the false-support rate above ``alpha``, however the looks are correlated). Each look reads the
+interval's one-sided ``1 - alpha / looks`` bound; ``circuit.stats`` widens the percentile bootstrap for the
+number of prompts (the expanded percentile interval), without which the percentile bootstrap over 16 prompts
+misses at about twice its stated rate.
+
+The other error, a true claim not supported, is the test's power: a claim whose statistic lies beyond its
+threshold by ``margin`` is supported at the budget with probability about ``power`` (the spec's ``[statistics]
+power``, per claim test over its sets) when ``margin >= (z(1 - alpha / looks) + z(power ** (1 / n_sets))) *
+se(budget)``; :func:`required_margin` computes it and discovery sets thresholds with it. Both rates are
+measured through :func:`judge` itself on synthetic data with a known truth (``tests/test_calibration.py``).
+
+A rule's identity case (a plain number, no interval: the bridge's largest difference from HF) is supported or
+refuted by the number itself.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
+from statistics import NormalDist
 from typing import Any
 
-__all__ = ["FamilyWise", "Judgement", "Rule", "declared_false"]
+__all__ = ["Inconclusive", "Judgement", "Look", "Rule", "Scheme", "Verdict", "judge", "prompts_to_decide",
+           "required_margin"]
 
-_SIDES = {">=": "high", ">": "high", "<=": "low", "<": "low", "excludes": "both"}
+_NORMAL = NormalDist()
+
+
+class Verdict(str, Enum):
+    """What a claim's evidence says."""
+
+    SUPPORTED = "supported"
+    REFUTED = "refuted"
+    INCONCLUSIVE = "inconclusive"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Inconclusive(Exception):
+    """A claim cannot be judged on these prompts (a precondition does not hold); the message says why."""
+
+
+_KINDS = (">=", ">", "<=", "<", "excludes")
 
 
 @dataclass(frozen=True)
 class Rule:
-    """``CI <side> <kind> <threshold>``: a claim that the statistic is ``<kind> <threshold>``, and how an
-    interval refutes it.
+    """A claim that the statistic is ``<kind> <threshold>`` (``excludes``: differs from the threshold, either way).
 
-    A claim ``statistic >= t`` (or ``> t``) is refuted on a set when its whole interval lies below ``t``: the
-    rule reads the interval's *high* end (``"CI high >= 0.8"``); a claim ``<= t`` (``< t``) reads its *low*
-    end. So a claim that truly holds is refuted only when the interval misses the true value on that side,
-    which the scheme's level bounds (:class:`FamilyWise`). ``"excludes"`` is the one rule that needs positive
-    evidence (the task-solved precondition: the interval lies entirely on one side of ``t``); its error rate
-    is not bounded by the scheme. ``name`` labels the threshold in the text (``"top_k"`` gives
-    ``"CI low <= top_k = 3"``). A plain number (a statistic without an interval, e.g. an identity's largest
-    error) is compared itself.
+    ``name`` labels the threshold in the text (``"min_recovery"`` gives ``"CI low >= min_recovery = 0.8"``).
+    ``interval=False``: the statistic is a plain number (an identity's largest error), compared itself.
     """
 
     kind: str
     threshold: float
     name: str = ""
     interval: bool = True
-    """Whether the rule reads an interval (``False``: a plain number, e.g. a maximum over positions)."""
 
     def __post_init__(self) -> None:
-        if self.kind not in _SIDES:
-            raise ValueError(f"Rule kind {self.kind!r} is not one of {sorted(_SIDES)}.")
+        if self.kind not in _KINDS:
+            raise ValueError(f"Rule kind {self.kind!r} is not one of {list(_KINDS)}.")
+        if not math.isfinite(self.threshold):
+            raise ValueError(f"Rule threshold {self.threshold!r} is not finite.")
 
     @property
-    def side(self) -> str:
-        """``"low"``, ``"high"`` or ``"both"``: the end of the interval the rule reads."""
-        return _SIDES[self.kind]
+    def tails(self) -> int:
+        """1 for a one-sided claim; 2 for ``excludes`` (either side may support it)."""
+        return 2 if self.kind == "excludes" else 1
 
     @property
     def text(self) -> str:
-        """The rule in words, e.g. ``"CI low >= 0.8"`` (for a plain value, ``">= 0.8"``)."""
+        """The rule in words, naming the end of the interval that supports the claim (``"CI low >= 0.8"``)."""
         value = f"{self.name} = {self.threshold:g}" if self.name else f"{self.threshold:g}"
+        if not self.interval:
+            return f"!= {value}" if self.kind == "excludes" else f"{self.kind} {value}"
         if self.kind == "excludes":
-            return f"CI excludes {value}" if self.interval else f"!= {value}"
-        return f"CI {self.side} {self.kind} {value}" if self.interval else f"{self.kind} {value}"
+            return f"CI excludes {value}"
+        return f"CI {'low' if self.kind in ('>=', '>') else 'high'} {self.kind} {value}"
 
-    def _ends(self, value: Any) -> tuple[Any, Any]:
+    @staticmethod
+    def _ends(value: Any) -> tuple[float, float, float]:
         if hasattr(value, "low"):
-            return value.low, value.high
-        return value, value
+            return float(value.estimate), float(value.low), float(value.high)
+        return float(value), float(value), float(value)
 
-    def holds(self, value: Any) -> Any:
-        """Whether the rule holds for ``value`` (an ``Interval`` or a number): a bool for one interval, a bool
-        tensor for an interval of tensors (elementwise, as the calibration simulates many runs at once)."""
-        low, high = self._ends(value)
+    def verdict(self, value: Any) -> Verdict:
+        """The verdict of ``value`` (an interval with ``estimate``, ``low``, ``high``, or a plain number)."""
+        _, low, high = self._ends(value)
+        if not (math.isfinite(low) and math.isfinite(high)):
+            return Verdict.INCONCLUSIVE
         t = self.threshold
-        result = {">=": lambda: high >= t, ">": lambda: high > t, "<=": lambda: low <= t, "<": lambda: low < t,
-                  "excludes": lambda: (low > t) | (high < t)}[self.kind]()
-        return result if getattr(result, "dim", lambda: 0)() > 0 else bool(result)
+        supported, refuted = {
+            ">=": (low >= t, high < t), ">": (low > t, high <= t),
+            "<=": (high <= t, low > t), "<": (high < t, low >= t),
+            "excludes": (low > t or high < t, low == high == t),
+        }[self.kind]
+        if supported:
+            return Verdict.SUPPORTED
+        if refuted or not self.interval:
+            return Verdict.REFUTED
+        return Verdict.INCONCLUSIVE
+
+    def holds(self, value: Any) -> bool:
+        """Whether ``value`` supports the claim."""
+        return self.verdict(value) is Verdict.SUPPORTED
+
+    def distance(self, value: Any) -> float:
+        """How far the *estimate* lies on the claimed side of the threshold (negative: on the other side)."""
+        estimate = self._ends(value)[0]
+        t = self.threshold
+        return {">=": estimate - t, ">": estimate - t, "<=": t - estimate, "<": t - estimate,
+                "excludes": abs(estimate - t)}[self.kind]
 
     def margin(self, value: Any) -> float:
-        """How far the compared end lies on the passing side of the threshold (negative: it fails)."""
-        low, high = self._ends(value)
-        low, high, t = float(low), float(high), self.threshold
-        return {"high": high - t, "low": t - low, "both": max(low - t, t - high)}[self.side]
+        """How far the supporting end of the interval lies beyond the threshold (negative: not supported)."""
+        _, low, high = self._ends(value)
+        t = self.threshold
+        return {">=": low - t, ">": low - t, "<=": t - high, "<": t - high,
+                "excludes": max(low - t, t - high)}[self.kind]
 
 
 @dataclass(frozen=True)
-class FamilyWise:
-    """Bonferroni over the prompt sets a claim test is judged on: each set at one-sided ``alpha / n_sets``."""
+class Scheme:
+    """How a claim test spends its false-support rate ``alpha``: every set must be supported (intersection-union
+    over ``n_sets``), each set looks at most ``looks`` times, each look at one-sided ``alpha / looks``."""
 
     alpha: float
-    """The family-wise level: the largest chance that a true claim is declared false in one test run."""
-    n_sets: int
-    """Prompt sets the test is judged on (hypothesis' ``max_examples`` of the active profile)."""
+    """The largest chance that a false claim is declared supported by one claim test (spec ``family_level``)."""
+    looks: int = 1
+    """Looks per set: the first, and one after each batch of fresh prompts (``budget // set size``)."""
+    power: float = 0.9
+    """The chance that a claim true by the design margin is supported by the whole claim test."""
+    n_sets: int = 1
+    """Prompt sets the claim test draws (hypothesis' ``max_examples``); each must be supported."""
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1:
-            raise ValueError(f"family-wise level {self.alpha} must be between 0 and 1 (e.g. 0.05).")
-        if self.n_sets < 1:
-            raise ValueError(f"n_sets={self.n_sets}: a claim is judged on at least one prompt set.")
+            raise ValueError(f"alpha={self.alpha} must be between 0 and 1 (e.g. 0.05).")
+        if not 0 < self.power < 1:
+            raise ValueError(f"power={self.power} must be between 0 and 1 (e.g. 0.9).")
+        if self.looks < 1 or self.n_sets < 1:
+            raise ValueError(f"looks={self.looks}, n_sets={self.n_sets}: each must be at least 1.")
+
+    def tail(self, rule: Rule) -> float:
+        """The one-sided error of one look at one end of the interval."""
+        return self.alpha / self.looks / rule.tails
+
+    def level(self, rule: Rule) -> float:
+        """The two-sided level of each look's interval (its ends are the ``tail`` and ``1 - tail`` bounds)."""
+        return 1 - 2 * self.tail(rule)
 
     @property
-    def per_set(self) -> float:
-        """One-sided error rate of one set's decision: ``alpha / n_sets``."""
-        return self.alpha / self.n_sets
+    def power_per_set(self) -> float:
+        """The power each set needs for the whole test to reach :attr:`power` (every set must be supported)."""
+        return self.power ** (1 / self.n_sets)
 
-    @property
-    def level(self) -> float:
-        """The two-sided interval level whose ends are the ``per_set`` and ``1 - per_set`` quantiles."""
-        return 1 - 2 * self.per_set
-
-    def n_resamples(self, at_least: int) -> int:
-        """Bootstrap resamples for the extreme quantile: at least 10 resamples beyond it (and ``at_least``)."""
-        return max(at_least, math.ceil(10 / self.per_set))
-
-    @property
-    def text(self) -> str:
-        return (f"one-sided {self.per_set:.3g} per set, a {100 * self.level:.4g}% CI: Bonferroni over {self.n_sets} "
-                f"sets, family-wise {self.alpha:g}")
+    def text(self, rule: Rule) -> str:
+        return (f"supported only if every one of {self.n_sets} prompt set(s) supports it, each set looking up to "
+                f"{self.looks} time(s) at one-sided {self.tail(rule):.3g} (false support <= {self.alpha:g} per "
+                f"claim test)")
 
 
-def declared_false(rule: Rule, first: Any, again: Any | None) -> Any:
-    """Whether a claim is declared false on a set: ``first`` fails the rule, and so does ``again`` (the same set's
-    statistic from other resamples, on fresh prompts where the claim allows; ``None``: no reproduction).
-    Elementwise over intervals of tensors."""
-    def fails(value: Any) -> Any:
-        holds = rule.holds(value)
-        return (not holds) if isinstance(holds, bool) else ~holds
+@dataclass(frozen=True)
+class Look:
+    """One look at a set: how many prompts, the interval, and its verdict."""
 
-    return fails(first) if again is None else fails(first) & fails(again)
+    n_prompts: int
+    interval: Any
+    verdict: Verdict
 
 
 @dataclass(frozen=True)
 class Judgement:
-    """A claim's decision on one prompt set: the interval, the rule, the scheme, and any reproduction."""
+    """A claim's verdict on one prompt set, with every look that led to it."""
 
     rule: Rule
-    scheme: FamilyWise
-    interval: Any
-    reproduction: tuple[Any, Any] | None = None
-    """(prompts, interval) of the re-test of a failing set (fresh prompts and resamples), or None."""
+    scheme: Scheme
+    looks: tuple[Look, ...]
+    prompts: Any = None
+    """The prompts of the last look (the drawn set, grown by the batches added while inconclusive)."""
+    reason: str = ""
+    """Why the claim could not be judged (a precondition), when it could not."""
+
+    @property
+    def verdict(self) -> Verdict:
+        return self.looks[-1].verdict if self.looks and not self.reason else Verdict.INCONCLUSIVE
 
     @property
     def holds(self) -> bool:
-        return not declared_false(self.rule, self.interval,
-                                  None if self.reproduction is None else self.reproduction[1])
+        return self.verdict is Verdict.SUPPORTED
+
+    @property
+    def interval(self) -> Any:
+        return self.looks[-1].interval if self.looks else None
 
     @property
     def threshold(self) -> str:
-        return f"{self.rule.text} ({self.scheme.text})"
+        return self.rule.text
+
+    def prompts_to_decide(self) -> int | None:
+        """About how many prompts the last look would need to decide (None: no estimate, or decided)."""
+        if self.verdict is not Verdict.INCONCLUSIVE or not self.looks or not self.rule.interval:
+            return None
+        last = self.looks[-1]
+        return prompts_to_decide(self.rule, last.interval, last.n_prompts, self.scheme.tail(self.rule),
+                                 self.scheme.power_per_set)
 
     @property
-    def reproduced(self) -> str:
-        """The re-test in words ('' when the set passed)."""
-        if self.reproduction is None:
+    def history(self) -> str:
+        """The looks in words (empty for one look)."""
+        if len(self.looks) < 2:
             return ""
-        prompts, interval = self.reproduction
-        verdict = "the failure reproduced" if not self.rule.holds(interval) else "the failure did NOT reproduce"
-        return f"Re-tested with other resamples on {prompts!r}: {interval}; {verdict}."
+        return "; ".join(f"{look.n_prompts} prompts: {look.verdict}" for look in self.looks)
 
     def explain(self, described: str) -> str:
-        """An assertion message: the evidence's paragraph, the scheme and the re-test."""
-        return "\n".join(x for x in (described, f"Judged {self.scheme.text}.", self.reproduced) if x)
+        """The failure message: the evidence, the verdict, the looks and what would decide it."""
+        lines = [described]
+        if self.reason:
+            lines.append(f"INCONCLUSIVE: {self.reason}")
+        elif self.verdict is Verdict.INCONCLUSIVE:
+            need = self.prompts_to_decide()
+            more = (f"about {need} prompts per set would likely decide it" if need else
+                    "no number of prompts is likely to decide it (the estimate sits on the threshold)")
+            lines.append(f"INCONCLUSIVE: the interval straddles the threshold; {more} (the spec's [prompts] budget "
+                         f"is {self.looks[-1].n_prompts if self.looks else '?'} here).")
+        elif self.verdict is Verdict.REFUTED:
+            lines.append("REFUTED: the interval lies wholly on the other side of the threshold.")
+        if self.history:
+            lines.append(f"Looks: {self.history}.")
+        lines.append(f"Judged {self.scheme.text(self.rule)}.")
+        return "\n".join(lines)
+
+
+def judge(rule: Rule, scheme: Scheme, measure: Callable[[Any], Any], prompts: Any,
+          grow: Callable[[Any, int], Any] | None = None) -> Judgement:
+    """The verdict of ``rule`` on ``prompts``: ``measure(prompts)`` is the statistic's interval at
+    ``scheme.level(rule)``; while it is inconclusive and looks remain, ``grow(prompts, look)`` adds a batch of
+    fresh prompts (None: no more to add) and the grown set is measured again. Stops at the first decided look.
+    ``measure`` may raise :class:`Inconclusive` (a precondition): the judgement is then inconclusive, with why.
+    """
+    looks: list[Look] = []
+    for look in range(scheme.looks):
+        try:
+            interval = measure(prompts)
+        except Inconclusive as why:
+            return Judgement(rule, scheme, tuple(looks), prompts, reason=str(why))
+        verdict = rule.verdict(interval)
+        looks.append(Look(_count(prompts), interval, verdict))
+        if verdict is not Verdict.INCONCLUSIVE or look + 1 == scheme.looks or grow is None:
+            break
+        grown = grow(prompts, look + 1)
+        if grown is None:
+            break
+        prompts = grown
+    return Judgement(rule, scheme, tuple(looks), prompts)
+
+
+def _count(prompts: Any) -> int:
+    clean = getattr(prompts, "clean", prompts)
+    if hasattr(clean, "shape"):
+        return int(clean.shape[-1])
+    try:
+        return len(clean)
+    except TypeError:
+        return 1
+
+
+def prompts_to_decide(rule: Rule, interval: Any, n_prompts: int, tail: float, power: float) -> int | None:
+    """About how many prompts would put ``interval``'s estimate ``power``-likely beyond a look at ``tail``.
+
+    The standard error is read off the interval's width (``(high - low) / (2 z(1 - tail))``) and shrinks as
+    ``1 / sqrt(n)``; the estimate is assumed to stay where it is. None when the estimate sits on the threshold.
+    """
+    estimate, low, high = Rule._ends(interval)
+    distance = abs(estimate - rule.threshold)
+    z = _NORMAL.inv_cdf(1 - tail)
+    se = (high - low) / (2 * z)
+    if distance <= 0 or not math.isfinite(se):
+        return None
+    return max(n_prompts, math.ceil(n_prompts * ((z + _NORMAL.inv_cdf(power)) * se / distance) ** 2))
+
+
+def required_margin(se_at_budget: float, scheme: Scheme, rule: Rule) -> float:
+    """The distance from the threshold at which a claim is supported with ``scheme.power`` over the whole test:
+    ``(z(1 - tail) + z(power ** (1 / n_sets))) * se`` at the budget."""
+    return (_NORMAL.inv_cdf(1 - scheme.tail(rule)) + _NORMAL.inv_cdf(scheme.power_per_set)) * se_at_budget

@@ -2,23 +2,23 @@
 
 ``python -m circuit.discover --model PATH`` runs the sweeps every claim reads (residual-stream, attention
 and MLP patching, per-head z / value / pattern patching, direct logit attribution, attention summaries)
-on a few prompt sets drawn, deterministically, from the same distribution the claims draw from, and writes a
-TOML spec (``circuit.spec``) that states what holds on *every* measured set, with margins:
+on prompt sets drawn, deterministically, from the same distribution the claims draw from, and writes a TOML
+spec (``circuit.spec``). It does not fit and test on the same data:
 
-- thresholds are drafted with the claims' own rule (``circuit.decision``) at the level a claim test is
-  judged at under the most demanding profile (``n_sets`` sets, Bonferroni at the spec's family-wise
-  level): a lower bound is floored to ``grid`` below the smallest per-set CI low minus ``margin`` (an upper
-  bound is ceiled likewise), so the claim's statistic lies beyond its threshold on every measured set even
-  at that level, and a re-run on other prompts of the same distribution passes at the stated rate, while a
-  real change of the circuit fails;
-- a claim whose statistic does not hold on the measured sets is *not stated*; the draft says why, with
-  the numbers, in a comment (a claim the model does not support is not a regression test);
-- each claim's baseline ``tolerance`` is half the median width of its statistic's measured CIs (at the
-  spec's ``level``, 95%).
+- it *chooses* on one half of the prompt sets (seed 0: which layer is late, which heads and cells to name,
+  which signs to state);
+- it *states* from the other, held-out half (seed 1): each threshold sits the design margin from the
+  held-out estimate (``circuit.decision.required_margin``: the distance at which the claim test, judged on
+  ``n_sets`` sets with the spec's looks and level, is supported with the spec's power at its prompt budget),
+  rounded outward to ``grid``; a fixed threshold (a sign, a gap of 0, a ratio of 1) is stated only when the
+  held-out estimate clears it by that margin;
+- beside each stated claim the draft records every threshold's held-out estimate, interval and margin;
+- a claim the held-out half does not support is *not stated*; the draft says why, with the numbers;
+- each claim's baseline ``tolerance`` is half the median width of its statistic's held-out 95% intervals.
 
-The same statistics as the claims are used (``circuit.lab.Lab``), so a spec written here is judged by the
-claims exactly as it was measured. Review the draft before shipping it: discovery finds, a researcher
-decides what it means.
+The statistics are the claims' own (``circuit.measures`` and the claim modules' functions), so a spec written
+here is judged by the claims exactly as it was measured. A draft is a draft: a researcher reads it before it
+becomes a spec.
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from circuit import measures
-from circuit.decision import FamilyWise, Rule
-from circuit.drafts import DRAFTERS, DraftContext, drafts
+from circuit.drafts import DRAFTERS, DraftContext, ceil_to, drafts, floor_to, width_of
 from circuit.spec import (
     AttributionCompletenessClaim,
     FinalTokenLocalizationClaim,
@@ -48,70 +47,53 @@ from circuit.spec import (
     ValuePlusPatternClaim,
 )
 
-__all__ = ["DRAFTERS", "DiscoveryOptions", "DraftContext", "discover", "draft_rule", "drafts", "draw_prompt_sets",
-           "render_spec", "main"]
+__all__ = ["DRAFTERS", "DiscoveryOptions", "DraftContext", "discover", "drafts", "draw_prompt_sets",
+           "render_spec", "main", "width_of"]
 
 
 @dataclass(frozen=True)
 class DiscoveryOptions:
-    """How discovery measures and how far its thresholds stay from what it measured."""
+    """How discovery measures, and the claim test its thresholds are designed for."""
 
     prompts: PromptSpec
     statistics: StatisticsSpec = StatisticsSpec(level=0.95, n_resamples=1000)
-    n_prompt_sets: int = 5
-    """Prompt sets measured; thresholds hold on all of them."""
+    n_prompt_sets: int = 3
+    """Prompt sets in each half: chosen on one half, stated from the other."""
     n_sets: int = 50
     """Prompt sets a claim test is judged on under the most demanding profile (hypothesis' ``thorough``:
-    ``max_examples=50``): thresholds and what is stated are judged at its per-set level."""
+    ``max_examples=50``): the design margin gives the spec's power over that many sets."""
     n_heads_named: int = 3
-    """How many of the top heads (by |z patching|) the draft names."""
-    margin: float = 0.15
-    """Distance between a measured CI bound and the threshold written."""
-    grid: float = 0.05
+    """The most heads (by |z patching|) the draft names."""
+    grid: float = 0.01
     """Thresholds are rounded outward to this grid (so re-running discovery gives the same numbers)."""
     min_recovery: float = 0.5
     """A layer counts as 'late' for localization when final-position recovery from it on is at least this..."""
     max_other_recovery: float = 0.5
     """...and no other position recovers more than this."""
-    rank_margin: int = 1
-    """``top_k`` is the worst measured rank (CI high) plus this."""
+    min_correlation: float = 0.5
+    """value-plus-pattern is stated only with a correlation threshold of at least this."""
     max_rank_fraction: float = 0.25
-    """A head is named only if its worst rank stays within this fraction of all heads (else naming it says
-    nothing: every head is in the top-k when k is most heads)."""
+    """Heads and cells are named only within this fraction of all (else naming them says nothing: every head is
+    in the top-k when k is most heads)."""
+
+    @property
+    def budget(self) -> int:
+        """The prompt budget of a claim test's set (the spec's ``[prompts] budget``)."""
+        return self.prompts.prompt_budget
 
 
 @dataclass
 class Draft:
-    """A discovered spec: the claims stated, and why the others are not."""
+    """A discovered spec: the claims stated, why the others are not, and how each threshold was set."""
 
     spec: Spec
     notes: dict[str, str] = field(default_factory=dict)
+    measured: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Claim id -> threshold name -> its held-out estimate, interval and margin."""
 
 
-def _floor(x: float, grid: float) -> float:
-    return round(math.floor(x / grid + 1e-9) * grid, 6)
-
-
-def _ceil(x: float, grid: float) -> float:
-    return round(math.ceil(x / grid - 1e-9) * grid, 6)
-
-
-def draft_rule(kind: str, intervals: Sequence[Any], margin: float, grid: float, name: str = "") -> Any:
-    """The claims' ``Rule(kind, threshold)`` with the threshold ``margin`` beyond the near end of every
-    measured interval (below the lowest CI low for ``>=``, above the highest CI high for ``<=``), rounded
-    outward to ``grid``; checked to hold on every interval."""
-
-    if kind in (">=", ">"):
-        threshold = _floor(min(float(i.low) for i in intervals) - margin, grid)
-    else:
-        threshold = _ceil(max(float(i.high) for i in intervals) + margin, grid)
-    rule = Rule(kind, threshold, name)
-    if not all(rule.holds(i) for i in intervals):  # cannot happen: the far end lies beyond the near end
-        raise AssertionError(f"drafted {rule.text} does not hold on a measured set")
-    return rule
-
-
-def draw_prompt_sets(lab: Any, n: int, *, seed: int = 0, max_tries: int = 10_000) -> list[Any]:
+def draw_prompt_sets(lab: Any, n: int, *, seed: int = 0, max_tries: int = 10_000,
+                     exclude: Sequence[Any] = ()) -> list[Any]:
     """``n`` prompt sets within the lab's spec that the claims would measure on, drawn with seeded Python
     randomness (the same on every run and in every process; hypothesis' own draws depend on what it ran
     before). Sets alternate between both operand orders and independent operands, as the claims' do."""
@@ -148,16 +130,9 @@ def draw_prompt_sets(lab: Any, n: int, *, seed: int = 0, max_tries: int = 10_000
         else:
             corrupted = corrupt_same_length(clean, seed=rng.randrange(2**16))
         prompt_set = PromptSet(tuple(clean), incorrect, tuple(corrupted), corruption)
-        if lab.accepts(prompt_set) and prompt_set not in drawn:
+        if lab.accepts(prompt_set) and prompt_set not in drawn and prompt_set not in exclude:
             drawn.append(prompt_set)
     raise RuntimeError(f"Only {len(drawn)} acceptable prompt sets in {max_tries} tries (asked {n}); widen the prompts.")
-
-
-def width_of(intervals: Sequence[Any]) -> float:
-    """Half the median width of some intervals (0 for none): the statistic's noise, for a baseline tolerance."""
-    import statistics
-
-    return statistics.median(float(i.high - i.low) for i in intervals) / 2 if intervals else 0.0
 
 
 def discover(model: Any, options: DiscoveryOptions, *, match: Sequence[str]) -> Draft:
@@ -171,82 +146,86 @@ def discover(model: Any, options: DiscoveryOptions, *, match: Sequence[str]) -> 
     n_layers, n_heads = cfg.n_layers, cfg.n_heads
     base = Spec(path=Path("<discovery>"), model=ModelSpec(match=tuple(match), n_layers=n_layers, n_heads=n_heads),
                 statistics=options.statistics, prompts=options.prompts, claims={})
-    spread = Lab(model, base)  # the spec's level: tolerances (the baselines' noise)
-    scheme = FamilyWise(options.statistics.family_level, options.n_sets)
-    lab = spread.at(level=scheme.level, n_resamples=scheme.n_resamples(options.statistics.n_resamples))
-    sets = draw_prompt_sets(lab, options.n_prompt_sets)
-    g, m = options.grid, options.margin
+    lab = Lab(model, base)
+    chosen_on = draw_prompt_sets(lab, options.n_prompt_sets, seed=0)
+    held_out = draw_prompt_sets(lab, options.n_prompt_sets, seed=1, exclude=chosen_on)
     claims: dict[str, Any] = {
         "hf-equivalence": HfEquivalenceClaim(tolerance=1e-5),
         "attribution-completeness": AttributionCompletenessClaim(tolerance=1e-4),
     }
     notes: dict[str, str] = {}
+    ctx = DraftContext(lab, tuple(chosen_on), tuple(held_out), options, n_layers, n_heads, claims)
 
-    separations = [lab.task_separation(ps) for ps in sets]
-    if not all(Rule("excludes", 0).holds(s) for s in separations):
-        notes["task-solved"] = f"not stated: clean - corrupted = {[str(s) for s in separations]}"
+    def separation(lab, ps):
+        return lab.task_separation(ps)
+
+    task = ctx.for_claim("task-solved")
+    if not task.supports(">", separation, 0.0, "clean - corrupted"):
+        notes["task-solved"] = f"not stated: {ctx.log['task-solved']['clean - corrupted']}"
         for claim_id in ("final-token-localization", "mlp-over-attention", "named-heads", "value-plus-pattern",
                          *DRAFTERS):
             notes[claim_id] = "not stated: not measured, the task is not solved (see task-solved)"
         claims = {claim_id: replace(claim, origin="discovery") for claim_id, claim in claims.items()}
-        return Draft(_with(base, claims), notes)
-    claims["task-solved"] = TaskSolvedClaim(tolerance=_ceil(width_of([spread.task_separation(ps) for ps in sets]), g))
+        return Draft(_with(base, claims), notes, ctx.log)
+    claims["task-solved"] = TaskSolvedClaim(tolerance=task.tolerance(separation))
 
-    late = next((layer for layer in range(n_layers)
-                 if all(float(measures.final_recovery(lab, ps, layer).low) >= options.min_recovery
-                        and float(measures.other_recovery(lab, ps, layer).high) <= options.max_other_recovery for ps in sets)),
-                None)
+    late = _late_layer(ctx, options)
     if late is None:
         notes["final-token-localization"] = (
             f"not stated: no layer from which the final position recovers >= {options.min_recovery} and no other "
-            f"position more than {options.max_other_recovery}")
+            f"position more than {options.max_other_recovery} (point estimates on every draft set)")
     else:
-        finals = [measures.final_recovery(lab, ps, late) for ps in sets]
-        others = [measures.other_recovery(lab, ps, late) for ps in sets]
-        claims["final-token-localization"] = FinalTokenLocalizationClaim(
-            tolerance=_ceil(width_of([measures.final_recovery(spread, ps, late) for ps in sets]), g), late_from_layer=late,
-            min_recovery=draft_rule(">=", finals, m, g).threshold,
-            max_other_recovery=draft_rule("<=", others, m, g).threshold)
+        localization = ctx.for_claim("final-token-localization")
+        final = localization.rule(">=", lambda lab, ps: measures.final_recovery(lab, ps, late), "min_recovery")
+        other = localization.rule("<=", lambda lab, ps: measures.other_recovery(lab, ps, late), "max_other_recovery")
+        if final.threshold >= options.min_recovery and other.threshold <= options.max_other_recovery:
+            claims["final-token-localization"] = FinalTokenLocalizationClaim(
+                tolerance=localization.tolerance(lambda lab, ps: measures.final_recovery(lab, ps, late)),
+                late_from_layer=late, min_recovery=final.threshold, max_other_recovery=other.threshold)
+        else:
+            notes["final-token-localization"] = (
+                f"not stated: from layer {late}, the held-out sets give min_recovery {final.threshold:g} (needs >= "
+                f"{options.min_recovery}) and max_other_recovery {other.threshold:g} (needs <= "
+                f"{options.max_other_recovery})")
 
     from_layer = 0 if late is None else late
+    ratio = ctx.for_claim("mlp-over-attention")
     try:
-        ratios = [measures.mlp_attention_ratio(lab, ps, method, from_layer) for ps in sets
-                  for method in ("activation", "attribution")]
-        lowest = min(float(r.low) for r in ratios)
+        rules = [ratio.rule(">", lambda lab, ps, m=method: measures.mlp_attention_ratio(lab, ps, m, from_layer),
+                            f"min_ratio ({method})") for method in ("activation", "attribution")]
+        lowest = min(r.threshold for r in rules)
+        if lowest >= 1.0:
+            claims["mlp-over-attention"] = MlpOverAttentionClaim(
+                tolerance=ratio.tolerance(lambda lab, ps: measures.mlp_attention_ratio(lab, ps, "activation",
+                                                                                       from_layer)),
+                from_layer=from_layer, min_ratio=lowest)
+        else:
+            notes["mlp-over-attention"] = (f"not stated: sum|MLP| / sum|attention| from layer {from_layer}: the held-out "
+                                           f"sets support no threshold of at least 1 ({lowest:g})")
     except NonFiniteError as error:  # a resample whose attention effects are all 0
-        ratios, lowest = [], math.nan
         notes["mlp-over-attention"] = f"not stated: sum|MLP| / sum|attention| from layer {from_layer}: {error}"
-    if ratios and lowest > 1.0:
-        claims["mlp-over-attention"] = MlpOverAttentionClaim(
-            tolerance=_ceil(width_of([measures.mlp_attention_ratio(spread, ps, method, from_layer) for ps in sets
-                                      for method in ("activation", "attribution")]), g),
-            from_layer=from_layer, min_ratio=1.0)
-    elif ratios:
-        notes["mlp-over-attention"] = (f"not stated: sum|MLP| / sum|attention| from layer {from_layer}, lowest CI "
-                                       f"low {lowest:.3g} <= 1 (activation and attribution patching)")
 
-    named, note = _named_heads(lab, spread, sets, options, n_layers, n_heads)
+    named, note = _named_heads(ctx.for_claim("named-heads"), options, n_layers, n_heads)
     if named is not None:
         claims["named-heads"] = named
     if note:
         notes["named-heads"] = note
 
-    correlations = [measures.value_pattern_correlation(lab, ps) for ps in sets]
-    residuals = [measures.value_pattern_residual(lab, ps) for ps in sets]
-    low_corr = min(float(c.low) for c in correlations)
-    if low_corr >= 0.5:
+    vp = ctx.for_claim("value-plus-pattern")
+    correlation = vp.rule(">=", measures.value_pattern_correlation, "min_correlation")
+    residual = vp.rule("<=", measures.value_pattern_residual, "max_residual")
+    if correlation.threshold >= options.min_correlation:
         claims["value-plus-pattern"] = ValuePlusPatternClaim(
-            tolerance=_ceil(width_of([measures.value_pattern_correlation(spread, ps) for ps in sets]), g),
-            min_correlation=draft_rule(">=", correlations, m, g).threshold,
-            max_residual=draft_rule("<=", residuals, m, g).threshold)
+            tolerance=vp.tolerance(measures.value_pattern_correlation), min_correlation=correlation.threshold,
+            max_residual=residual.threshold)
     else:
-        notes["value-plus-pattern"] = f"not stated: correlation of (v + pattern) with z, lowest CI low {low_corr:.3g}"
+        notes["value-plus-pattern"] = (f"not stated: the held-out sets support a correlation of (v + pattern) with z "
+                                       f"of at least {correlation.threshold:g} only (needs {options.min_correlation})")
 
-    notes.update(_top_head_attention_note(lab, sets, n_layers))
-    context = DraftContext(lab, spread, tuple(sets), options, n_layers, n_heads, claims)
+    notes.update(_top_head_attention_note(lab, chosen_on, n_layers))
     for claim_id, drafter in sorted(DRAFTERS.items()):
         try:
-            drafted, note = drafter(context)
+            drafted, note = drafter(ctx.for_claim(claim_id))
         except NonFiniteError as error:
             drafted, note = None, f"not stated: {error}"
         if drafted is not None:
@@ -254,7 +233,7 @@ def discover(model: Any, options: DiscoveryOptions, *, match: Sequence[str]) -> 
         if note:
             notes[claim_id] = note
     claims = {claim_id: replace(claim, origin="discovery") for claim_id, claim in claims.items()}
-    return Draft(_with(base, claims), notes)
+    return Draft(_with(base, claims), notes, {k: v for k, v in ctx.log.items() if k in claims})
 
 
 def _with(base: Spec, claims: dict[str, Any]) -> Spec:
@@ -263,44 +242,67 @@ def _with(base: Spec, claims: dict[str, Any]) -> Spec:
     return replace(base, claims=claims)
 
 
-def _named_heads(lab: Any, spread: Any, sets: Sequence[Any], options: DiscoveryOptions, n_layers: int,
-                 n_heads: int) -> tuple[NamedHeadsClaim | None, str]:
-    """The top heads by mean |z patching effect| over all sets, signed by direct logit attribution.
+def _late_layer(ctx: DraftContext, options: DiscoveryOptions) -> int | None:
+    """The first layer from which, on every draft set, the final position recovers at least ``min_recovery`` and
+    no other position more than ``max_other_recovery`` (point estimates: the held-out sets decide the numbers)."""
+    for layer in range(ctx.n_layers):
+        if all(float(measures.final_recovery(ctx.lab, ps, layer).estimate) >= options.min_recovery
+               and float(measures.other_recovery(ctx.lab, ps, layer).estimate) <= options.max_other_recovery
+               for ps in ctx.sets):
+            return layer
+    return None
 
-    A head is named when its rank (by z patching, and by attribution if it ranks as well there) stays within
-    ``max_rank_fraction`` of all heads on every set; ``top_k`` is the worst such rank's CI high.
+
+def _named_heads(ctx: DraftContext, options: DiscoveryOptions, n_layers: int,
+                 n_heads: int) -> tuple[NamedHeadsClaim | None, str]:
+    """The top heads by mean |z patching effect| on the draft sets, as many as the held-out sets support.
+
+    For ``j`` named heads (the top ``j``, up to ``n_heads_named``) and ``top_k`` from ``j`` up to
+    ``max_rank_fraction`` of all heads, the claim "each is in the top k" is the gap between the weakest named
+    head and the best head beyond k (``circuit.measures.head_gap``); the draft names the most heads whose gap the
+    held-out sets clear by the design margin, with the smallest such k. Each head's sign (by direct logit
+    attribution) is stated when it clears 0 by the margin too; "by attribution" is added when that ranking's
+    gap clears as well.
     """
     import torch
 
     bound = max(1, int(options.max_rank_fraction * n_layers * n_heads))
-    z = torch.stack([measures.head_values(lab, ps, "z_patching").mean(-1) for ps in sets]).mean(0)
-    order = z.abs().flatten().argsort(descending=True)[: options.n_heads_named].tolist()
-    heads, worst, dropped, spreads = [], [], [], []
-    for flat in order:
-        layer, index = divmod(flat, n_heads)
-        attributions = [lab.ci(measures.head_values(lab, ps, "attribution")[layer, index]) for ps in sets]
-        if all(float(a.low) > 0 for a in attributions):
-            sign = "positive"
-        elif all(float(a.high) < 0 for a in attributions):
-            sign = "negative"
-        else:
+    z = torch.stack([measures.head_values(ctx.lab, ps, "z_patching").mean(-1) for ps in ctx.sets]).mean(0)
+    order = [divmod(flat, n_heads) for flat in z.abs().flatten().argsort(descending=True).tolist()]
+    labels = [f"L{layer}H{index}" for layer, index in order]
+    best = None
+    for j in range(1, min(options.n_heads_named, bound) + 1):
+        heads = [NamedHead(label, "any", ("z_patching",)) for label in labels[:j]]
+        for k in range(j, bound + 1):
+            if ctx.supports(">", lambda lab, ps: measures.head_gap(lab, ps, heads, "z_patching", k), 0.0,
+                            f"top {j} heads in top_k={k}"):
+                best = (j, k)
+                break
+    if best is None:
+        return None, (f"not stated: no head's |z patching effect| exceeds that of the head ranked beyond k (k <= "
+                      f"{bound} of {n_layers * n_heads}) by the design margin on the held-out sets; top heads on "
+                      f"the draft sets: {labels[:options.n_heads_named]}")
+    j, k = best
+    ctx.log["named-heads"] = {}
+    heads = [NamedHead(label, "any", ("z_patching",)) for label in labels[:j]]
+    ctx.supports(">", lambda lab, ps: measures.head_gap(lab, ps, heads, "z_patching", k), 0.0, "top_k (z patching)")
+    by = ("z_patching", "attribution") if ctx.supports(
+        ">", lambda lab, ps: measures.head_gap(lab, ps, heads, "attribution", k), 0.0, "top_k (attribution)") \
+        else ("z_patching",)
+    named = []
+    for head in heads:
+        drafted = torch.stack([measures.head_values(ctx.lab, ps, "attribution")[head.layer, head.index].mean()
+                               for ps in ctx.sets]).mean()
+        sign = "positive" if float(drafted) > 0 else "negative"
+        oriented = [(head, 1.0 if sign == "positive" else -1.0)]
+        if not ctx.supports(">", lambda lab, ps: measures.weakest_signed_attribution(lab, ps, oriented), 0.0,
+                            f"sign of {head.head}"):
             sign = "any"
-        label = f"L{layer}H{index}"
-        ranks = {by: [measures.worst_head_rank(lab, ps, [NamedHead(label, sign, (by,))], by) for ps in sets]
-                 for by in ("z_patching", "attribution")}
-        by = tuple(b for b, r in ranks.items() if max(float(i.high) for i in r) <= bound)
-        if "z_patching" not in by:
-            dropped.append(f"{label} (z patching rank CI high {max(float(i.high) for i in ranks['z_patching']):.0f})")
-            continue
-        heads.append(NamedHead(head=label, sign=sign, by=by))
-        worst += [i for b in by for i in ranks[b]]
-        spreads += [measures.worst_head_rank(spread, ps, [heads[-1]], b) for b in by for ps in sets]
-    note = f"heads not named, ranked beyond {bound} of {n_layers * n_heads}: {dropped}" if dropped else ""
-    if not heads:
-        return None, note or "not stated: no head ranks consistently"
-    top_k = math.ceil(max(float(r.high) for r in worst)) + options.rank_margin
-    claim = NamedHeadsClaim(tolerance=_ceil(width_of(spreads), 1.0), top_k=top_k, heads=tuple(heads))
-    return claim, note
+        named.append(NamedHead(head.head, sign, by))
+    claim = NamedHeadsClaim(tolerance=ctx.tolerance(lambda lab, ps: measures.head_gap(lab, ps, heads, "z_patching", k)),
+                            top_k=k, heads=tuple(named))
+    beyond = labels[j:options.n_heads_named]
+    return claim, (f"heads not named (their gap is not supported): {beyond}" if beyond else "")
 
 
 def _top_head_attention_note(lab: Any, sets: Sequence[Any], n_layers: int) -> dict[str, str]:
@@ -352,6 +354,8 @@ def render_spec(draft: Draft, *, header: str = "") -> str:
         lines.append("")
         if claim_id in draft.notes:
             lines.append(f"# {claim_id}: {draft.notes[claim_id]}")
+        for name, how in draft.measured.get(claim_id, {}).items():
+            lines.append(f"# {name}: {how}")
         if claim_id not in spec.claims:
             continue
         claim = spec.claims[claim_id]
@@ -398,7 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-size", type=int, default=16)
     parser.add_argument("--metric", default="first_differing_token", choices=["seed", "first_differing_token"])
     parser.add_argument("--corruptions", nargs="+", default=["same_length"], choices=["same_length", "reversed"])
-    parser.add_argument("--prompt-sets", type=int, default=DiscoveryOptions.n_prompt_sets)
+    parser.add_argument("--prompt-sets", type=int, default=DiscoveryOptions.n_prompt_sets,
+                        help="prompt sets in each half (chosen on one half, stated from the other)")
     parser.add_argument("--claims-dir", type=Path, default=Path("claims"),
                         help="the folder of claim modules whose drafters (@drafts) run too (default: ./claims)")
     args = parser.parse_args(argv)
@@ -426,10 +431,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = DiscoveryOptions(prompts=prompts, n_prompt_sets=args.prompt_sets)
     draft = discover(model, options, match=args.match or [Path(args.model).name])
     text = render_spec(draft, header=(
-        f"Drafted by `python -m circuit.discover --model {args.model}` from {args.prompt_sets} prompt sets;\n"
-        f"thresholds sit {options.margin} outside the measured per-set CIs of a claim test judged on "
-        f"{options.n_sets} sets\n({FamilyWise(options.statistics.family_level, options.n_sets).text}). "
-        f"Reviewed before shipping."))
+        f"Drafted by `python -m circuit.discover --model {args.model}`: chosen on {args.prompt_sets} prompt sets,\n"
+        f"stated from {args.prompt_sets} held-out sets; each threshold sits the design margin from the held-out\n"
+        f"estimate (power {options.statistics.power} over {options.n_sets} sets at {options.budget} prompts a set, false "
+        f"support <= {options.statistics.family_level})."))
     if args.out:
         args.out.write_text(text)
         print(f"wrote {args.out}")

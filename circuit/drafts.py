@@ -4,15 +4,69 @@ A claim module declares its drafter with :func:`drafts`; discovery calls every r
 :class:`DraftContext` after drafting the built-in claims. The registry lives here, not in
 ``circuit.discover``, so that it is one registry whether discovery runs as a module (``python -m``) or is
 imported.
+
+Discovery does not fit and test on the same data. A drafter *chooses* on the draft half of the prompt sets
+(:attr:`DraftContext.sets`: which heads, layers, signs) and *states* from the held-out half
+(:attr:`DraftContext.held_out`, other seeds) with :meth:`DraftContext.rule` or :meth:`DraftContext.supports`:
+the threshold sits the design margin (``circuit.decision.required_margin``) from the held-out estimate, so the
+claim test is supported with the spec's power at its prompt budget; a fixed threshold (a sign, a gap, a
+ratio of 1) is stated only when the held-out estimate clears it by that margin. Every threshold's estimate,
+interval and margin is logged (:attr:`DraftContext.log`) and written beside the claim in the draft.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-__all__ = ["DRAFTERS", "DraftContext", "drafts"]
+__all__ = ["DRAFTERS", "DraftContext", "Measured", "drafts", "floor_to", "ceil_to", "width_of"]
+
+
+def floor_to(x: float, grid: float) -> float:
+    return round(math.floor(x / grid + 1e-9) * grid, 6)
+
+
+def ceil_to(x: float, grid: float) -> float:
+    return round(math.ceil(x / grid - 1e-9) * grid, 6)
+
+
+def width_of(intervals: Sequence[Any]) -> float:
+    """Half the median width of some intervals (0 for none): the statistic's noise, for a baseline tolerance."""
+    import statistics
+
+    return statistics.median(float(i.high - i.low) for i in intervals) / 2 if intervals else 0.0
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A statistic measured on the held-out sets, and the margin a claim test at the budget needs."""
+
+    kind: str
+    estimate: float
+    """Mean of the held-out sets' estimates."""
+    low: float
+    high: float
+    """The lowest CI low and highest CI high of the held-out sets (at the spec's level)."""
+    margin: float
+    """Distance from the threshold at which the claim test is supported with the spec's power at the budget."""
+    n_sets: int
+
+    @property
+    def bound(self) -> float:
+        """The tightest threshold the evidence allows: the estimate less (``>=``) or plus (``<=``) the margin."""
+        return self.estimate - self.margin if self.kind in (">=", ">") else self.estimate + self.margin
+
+    def clears(self, threshold: float) -> bool:
+        """Whether the estimate lies at least the margin beyond ``threshold`` on the claimed side."""
+        bound = self.bound
+        return {">=": bound >= threshold, ">": bound > threshold, "<=": bound <= threshold, "<": bound < threshold,
+                "excludes": abs(self.estimate - threshold) >= self.margin}[self.kind]
+
+    def text(self, threshold: float) -> str:
+        return (f"held-out estimate {self.estimate:.4g} [CI {self.low:.4g}, {self.high:.4g}] over {self.n_sets} sets, "
+                f"margin {self.margin:.3g} -> {self.kind} {threshold:g}")
 
 
 @dataclass(frozen=True)
@@ -20,34 +74,71 @@ class DraftContext:
     """What a claim's drafter (:func:`drafts`) measures with, and the helpers that keep drafts consistent."""
 
     lab: Any
-    """The lab at the per-set level a claim test is judged at (draft thresholds from its intervals)."""
-    spread: Any
-    """The lab at the spec's level (95%): intervals whose width sets a baseline ``tolerance``."""
+    """The lab at the spec's level (95%): choose on :attr:`sets` with it."""
     sets: tuple[Any, ...]
-    """The measured prompt sets; a drafted claim must hold on every one."""
+    """The draft half of the prompt sets: choose what to state here."""
+    held_out: tuple[Any, ...]
+    """The held-out half (other seeds): state thresholds from these only (:meth:`rule`, :meth:`supports`)."""
     options: Any
-    """The ``circuit.discover.DiscoveryOptions`` (margin, grid, ...)."""
+    """The ``circuit.discover.DiscoveryOptions`` (grid, power, budget, ...)."""
     n_layers: int
     n_heads: int
     stated: dict[str, Any]
     """The claims drafted so far, by id (e.g. ``stated.get("final-token-localization")`` for its late layer)."""
+    claim_id: str = ""
+    log: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Claim id -> threshold name -> how it was set (written beside the claim in the draft)."""
 
-    def intervals(self, measure: Any, *, spread: bool = False) -> list[Any]:
-        """``measure(lab, prompt_set)`` on every measured set (at the spec's level when ``spread``)."""
-        lab = self.spread if spread else self.lab
-        return [measure(lab, ps) for ps in self.sets]
+    def for_claim(self, claim_id: str) -> DraftContext:
+        return replace(self, claim_id=claim_id)
 
-    def rule(self, kind: str, intervals: Sequence[Any], name: str = "") -> Any:
-        """The claims' rule with a threshold ``options.margin`` beyond every interval (:func:`draft_rule`)."""
-        from circuit.discover import draft_rule
+    def intervals(self, measure: Any, *, held_out: bool = False) -> list[Any]:
+        """``measure(lab, prompt_set)`` on every draft set (on every held-out set when ``held_out``)."""
+        return [measure(self.lab, ps) for ps in (self.held_out if held_out else self.sets)]
 
-        return draft_rule(kind, intervals, self.options.margin, self.options.grid, name)
+    def measured(self, kind: str, measure: Any) -> Measured:
+        """``measure`` on the held-out sets, with the margin the claim test needs (``circuit.decision``)."""
+        from statistics import NormalDist, median
+
+        from circuit.decision import Rule, Scheme, required_margin
+
+        intervals = self.intervals(measure, held_out=True)
+        size = min(len(ps.clean) for ps in self.held_out)
+        z = NormalDist().inv_cdf(1 - (1 - self.lab.level) / 2)
+        se = median(float(i.high - i.low) / (2 * z) for i in intervals) * math.sqrt(size / self.options.budget)
+        stats = self.options.statistics
+        scheme = Scheme(stats.family_level, looks=max(1, self.options.budget // size), power=stats.power,
+                        n_sets=self.options.n_sets)
+        return Measured(kind, sum(float(i.estimate) for i in intervals) / len(intervals),
+                        min(float(i.low) for i in intervals), max(float(i.high) for i in intervals),
+                        required_margin(se, scheme, Rule(kind, 0.0)), len(intervals))
+
+    def rule(self, kind: str, measure: Any, name: str = "") -> Any:
+        """The claims' ``Rule(kind, threshold)`` with the threshold the design margin from the held-out estimate
+        (rounded outward to ``options.grid``); logged under ``name``."""
+        from circuit.decision import Rule
+
+        found = self.measured(kind, measure)
+        grid = self.options.grid
+        threshold = floor_to(found.bound, grid) if kind in (">=", ">") else ceil_to(found.bound, grid)
+        self._log(name or kind, found.text(threshold))
+        return Rule(kind, threshold, name)
+
+    def supports(self, kind: str, measure: Any, threshold: float, name: str = "") -> bool:
+        """Whether the held-out estimate clears the fixed ``threshold`` by the design margin; logged under
+        ``name``."""
+        found = self.measured(kind, measure)
+        verdict = found.clears(threshold)
+        self._log(name or f"{kind} {threshold:g}", found.text(threshold) + ("" if verdict else " NOT cleared"))
+        return verdict
+
+    def _log(self, name: str, text: str) -> None:
+        self.log.setdefault(self.claim_id, {})[name] = text
 
     def tolerance(self, measure: Any) -> float:
-        """A baseline tolerance: half the median width of ``measure``'s 95% intervals, rounded up to the grid."""
-        from circuit.discover import _ceil, width_of
-
-        return _ceil(width_of(self.intervals(measure, spread=True)), self.options.grid)
+        """A baseline tolerance: half the median width of ``measure``'s 95% intervals on the held-out sets,
+        rounded up to the grid."""
+        return ceil_to(width_of(self.intervals(measure, held_out=True)), self.options.grid)
 
     @property
     def late_from_layer(self) -> int | None:
@@ -65,8 +156,8 @@ def drafts(claim_id: str) -> Any:
     """Decorator: declare a function as the drafter of ``claim_id`` for discovery.
 
     It receives a :class:`DraftContext` and returns ``(parameters, note)``: the claim's parameters (its
-    ``@register_claim`` dataclass) when the claim holds on every measured set, else ``None`` and a note saying
-    why, with the numbers (the note is written as a comment in the draft)."""
+    ``@register_claim`` dataclass) when the held-out sets support it, else ``None`` and a note saying why, with
+    the numbers (the note is written as a comment in the draft)."""
     def decorate(fn: Any) -> Any:
         DRAFTERS[claim_id] = fn
         return fn

@@ -103,17 +103,31 @@ class ClaimEvidence:
     """The device it ran on."""
     recorded: str = ""
     """When it was measured (UTC, ISO 8601): records of several runs can share a file."""
-    per_set_error: float | None = None
-    """One-sided error rate each prompt set was judged at (``family_level / n_sets``; ``circuit.decision``)."""
+    verdict: str = ""
+    """What the evidence says: "supported", "refuted" or "inconclusive" (``circuit.decision``); "" for a record
+    with no judgement (an error, a skip). A claim test passes only when its claim is supported."""
+    n_prompts: int | None = None
+    """Prompts of the last look (the drawn set, grown while inconclusive)."""
+    looks: str = ""
+    """Every look at the set that decided the test, when there were several ("16 prompts: inconclusive; ...")."""
+    prompts_to_decide: int | None = None
+    """For an inconclusive verdict: about how many prompts per set would likely decide it."""
+    false_support: float | None = None
+    """The largest chance that a false claim is declared supported by this claim test (the spec's
+    ``family_level``)."""
+    tail: float | None = None
+    """One-sided error of each look at the interval's deciding end (``false_support / looks``)."""
     n_sets: int | None = None
-    """Prompt sets the claim test is judged on (the hypothesis profile's ``max_examples``)."""
-    family_level: float | None = None
-    """Family-wise error rate of the claim test over its ``n_sets`` sets (the spec's ``[statistics]``)."""
-    reproduction: str = ""
-    """When the set failed: its re-test with other resamples (on fresh prompts where the claim allows)."""
+    """Prompt sets the claim test is judged on (the hypothesis profile's ``max_examples``); every one must
+    support the claim."""
+    power: float | None = None
+    """The design power of the claim test (the spec's ``[statistics] power``)."""
+    reason: str = ""
+    """Why the claim could not be judged (a precondition), when it could not."""
 
     def __repr__(self) -> str:  # short: assertion rewriting shows it under the message
-        return f"ClaimEvidence({self.claim_id!r}, {self.test!r}, estimate={self.estimate:.4g}, holds={self.holds})"
+        return (f"ClaimEvidence({self.claim_id!r}, {self.test!r}, estimate={self.estimate:.4g}, "
+                f"verdict={self.verdict or self.holds!r})")
 
     @property
     def interval(self) -> str:
@@ -124,8 +138,9 @@ class ClaimEvidence:
 
     def describe(self) -> str:
         """One paragraph: statistic, interval, rule, verdict and the prompts (for assertion messages)."""
-        verdict = "holds" if self.holds else "does NOT hold"
-        return (f"{self.claim_id}: {self.statistic} = {self.interval}; rule {self.threshold} {verdict}. "
+        verdict = self.verdict.upper() if self.verdict else ("holds" if self.holds else "does NOT hold")
+        prompts = f" over {self.n_prompts} prompts" if self.n_prompts else ""
+        return (f"{self.claim_id}: {self.statistic} = {self.interval}{prompts}; rule {self.threshold}: {verdict}. "
                 f"Prompts: {self.prompt_set or '(none recorded)'}")
 
 
@@ -229,7 +244,7 @@ def record_from_dict(data: Mapping[str, Any], where: str = "record") -> ClaimEvi
         raise EvidenceError(f"{where} lacks {sorted(missing)}.")
     known = set(ClaimEvidence.__dataclass_fields__)
     record = {k: v for k, v in data.items() if k in known}
-    for key in ("estimate", "low", "high", "level", "tolerance"):
+    for key in ("estimate", "low", "high", "level", "tolerance", "false_support", "tail", "power"):
         value = record.get(key)
         if value is None or isinstance(value, bool):
             continue

@@ -18,17 +18,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["KEEP_PROMPT_SETS", "Lab", "PreconditionFailed"]
+__all__ = ["KEEP_PROMPT_SETS", "Lab"]
 
 KEEP_PROMPT_SETS = 4
 """Results (activation caches, patching sweeps) are kept for this many recent prompt sets: enough for the
 claims of one example to share them, few enough for a large model's caches to fit."""
 
 
-
-
-class PreconditionFailed(AssertionError):
-    """The prompts do not separate clean from corrupted runs, so normalized effects are noise."""
 
 
 class Lab:
@@ -39,7 +35,7 @@ class Lab:
     """
 
     def __init__(self, model: Any, spec: Any, cache: OrderedDict | None = None, *, level: float | None = None,
-                 n_resamples: int | None = None, seed: int = 0, progress: Any = False) -> None:
+                 n_resamples: int | None = None, seed: int = 0, progress: Any = False, expand: bool = False) -> None:
         self.model, self.spec = model, spec
         self.progress = progress
         """Progress bars of patching sweeps (``activation_patch``'s ``progress``: False, True or tqdm options)."""
@@ -47,14 +43,18 @@ class Lab:
         self.level = spec.statistics.level if level is None else level
         """Level of the intervals this lab computes (the spec's, or a claim's per-set level: :meth:`judge`)."""
         self.n_resamples = spec.statistics.n_resamples if n_resamples is None else n_resamples
+        self.expand = expand
+        """Whether intervals read the expanded percentile bootstrap (``circuit.stats.expanded_tail``): a judging lab's."""
         self.seed = seed
         """Seed of the bootstrap resamples (another seed: other resamples, for re-testing a failure)."""
 
-    def at(self, *, level: float | None = None, n_resamples: int | None = None, seed: int | None = None) -> Lab:
+    def at(self, *, level: float | None = None, n_resamples: int | None = None, seed: int | None = None,
+           expand: bool | None = None) -> Lab:
         """This lab with other interval settings, sharing its results (sweeps, caches)."""
         return Lab(self.model, self.spec, self._cache, level=self.level if level is None else level,
                    n_resamples=self.n_resamples if n_resamples is None else n_resamples,
-                   seed=self.seed if seed is None else seed, progress=self.progress)
+                   seed=self.seed if seed is None else seed, progress=self.progress,
+                   expand=self.expand if expand is None else expand)
 
     def __repr__(self) -> str:  # shown in hypothesis' failing-example line
         return f"<lab: {getattr(self.model, 'label', '?')}, spec {self.spec.path.name}>"
@@ -127,26 +127,47 @@ class Lab:
                 return fresh
         return None
 
-    def judge(self, rule: Any, ps: Any, measure: Callable[[Lab, Any], Any], *, n_sets: int,
-              fresh_prompts: bool = True):
-        """A claim's :class:`circuit.decision.Judgement` on ``ps``: ``measure(lab, prompts)`` (an interval)
-        at the per-set level for ``n_sets`` sets (``circuit.decision.FamilyWise``, the spec's
-        ``[statistics] family_level``), re-tested when it fails: with other resamples and, when
-        ``fresh_prompts``, on a fresh prompt set of the same shape (on which the task is solved), else on
-        ``ps`` again."""
-        from circuit.decision import FamilyWise, Judgement
+    def looks(self, ps: Any) -> int:
+        """How many times a claim may look at a set grown from ``ps``: the spec's ``[prompts] budget`` over the
+        set's size (the first look, then one per batch of as many fresh prompts)."""
+        return max(1, self.spec.prompts.prompt_budget // len(ps.clean))
 
-        scheme = FamilyWise(self.spec.statistics.family_level, n_sets)
-        lab = self.at(level=scheme.level, n_resamples=scheme.n_resamples(self.spec.statistics.n_resamples))
-        interval = measure(lab, ps)
-        if rule.holds(interval):
-            return Judgement(rule, scheme, interval)
-        again = lab.at(seed=lab.seed + 1)
-        fresh = self.fresh_like(ps, seed=1) if fresh_prompts else None
-        if fresh is not None and not bool(self.task_separation(fresh).excludes(0)):
-            fresh = None
-        retest = fresh if fresh is not None else ps
-        return Judgement(rule, scheme, interval, (retest, measure(again, retest)))
+    def grow(self, first: Any, current: Any, look: int):
+        """``current`` with a batch of fresh prompts of ``first``'s shape appended (a set the claims measure on,
+        its clean prompts all distinct), or None when none is found. Seeded by ``look``: the same on every run."""
+        from circuit.strategies import PromptSet
+
+        for attempt in range(20):
+            fresh = self.fresh_like(first, seed=1000 * look + attempt)
+            if fresh is None:
+                return None
+            grown = PromptSet(current.clean + fresh.clean, current.incorrect + fresh.incorrect,
+                              current.corrupted + fresh.corrupted, current.corruption)
+            if self.accepts(grown):
+                return grown
+        return None
+
+    def judge(self, rule: Any, ps: Any, measure: Callable[[Lab, Any], Any], *, n_sets: int):
+        """A claim's :class:`circuit.decision.Judgement` on ``ps`` (``circuit.decision.judge``): ``measure(lab,
+        prompts)`` is an interval, computed by a lab at the look's level (expanded percentile bootstrap); an
+        inconclusive set grows by fresh prompts of its shape (:meth:`grow`) up to the spec's budget."""
+        from circuit.decision import Scheme, judge
+
+        stats = self.spec.statistics
+        scheme = Scheme(stats.family_level, looks=self.looks(ps), power=stats.power, n_sets=n_sets)
+        lab = self.at(level=scheme.level(rule), expand=True)
+        return judge(rule, scheme, lambda prompts: measure(lab, prompts), ps,
+                     lambda prompts, look: self.grow(ps, prompts, look))
+
+    def task_gate(self, ps: Any):
+        """Whether the model does the task on ``ps``: clean exceeds corrupted (mean of clean - corrupted logit
+        difference > 0), one-sided at the spec's ``family_level``, on the set as drawn. Every claim that reads
+        the model's computation judges only when this is supported."""
+        from circuit.decision import Rule, Scheme, judge
+
+        rule, scheme = Rule(">", 0), Scheme(self.spec.statistics.family_level, power=self.spec.statistics.power)
+        lab = self.at(level=scheme.level(rule), expand=True)
+        return judge(rule, scheme, lambda prompts: lab.task_separation(prompts), ps)
 
     def _cached(self, key: tuple, compute: Callable[[], Any]) -> Any:
         """``compute()`` once per (model, prompt set, what); only the most recent prompt sets are kept."""
@@ -243,36 +264,12 @@ class Lab:
         from circuit.stats import bootstrap_ci
 
         return bootstrap_ci(values, level=self.level, n_resamples=self.n_resamples, seed=self.seed,
-                            statistic=statistic, min_prompts=self.spec.statistics.min_prompts)
+                            statistic=statistic, min_prompts=self.spec.statistics.min_prompts, expand=self.expand)
 
     def task_separation(self, ps: Any):
         """Interval of mean(clean - corrupted) logit difference: the task-solved precondition's statistic."""
         clean, corrupted = self.logit_diffs(ps)
         return self.ci(clean - corrupted)
-
-    def require_task_solved(self, ps: Any, evidence: Any) -> None:
-        """Fail (recording why) unless clean and corrupted logit differences differ on ``ps``.
-
-        Claims that normalize by ``clean - corrupted`` call this first, so that on prompts where the task
-        is not solved they fail with that reason rather than with a ratio of noise. ``evidence`` is any
-        recorder with the ``record(statistic, value, threshold=, holds=, prompt_set=)`` method of the claims
-        plugin's recorder.
-        """
-        from circuit.decision import Rule
-
-        interval, rule = self.task_separation(ps), Rule("excludes", 0)
-        if rule.holds(interval):
-            return
-        record = evidence.record(
-            "PRECONDITION task-solved: mean(clean - corrupted) logit difference", interval,
-            threshold=f"{rule.text} at {interval.level:.0%} (precondition of a normalized effect)", holds=False,
-            prompt_set=ps,
-        )
-        raise PreconditionFailed(
-            f"Precondition failed: clean and corrupted logit differences do not differ on these prompts "
-            f"({record.interval}, the interval includes 0), so an effect normalized by their difference is "
-            f"noise. The claim cannot be judged here; see claim 'task-solved'. Prompts: {record.prompt_set}"
-        )
 
     def ratio_ci(self, result: Any, reduce: Callable[[Any], Any]):
         """Interval of ``reduce(normalized recovery)`` of a patching result, per bootstrap resample.

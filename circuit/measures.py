@@ -13,7 +13,9 @@ from typing import Any
 __all__ = [
     "final_recovery",
     "head_effects",
+    "head_gap",
     "head_values",
+    "top_k_gap",
     "mlp_attention_ratio",
     "other_recovery",
     "value_pattern_correlation",
@@ -118,3 +120,26 @@ def weakest_signed_attribution(lab: Any, ps: Any, signed: Any):
     values = head_values(lab, ps, "attribution")
     oriented = torch.stack([s * values[h.layer, h.index] for h, s in signed])  # [head, batch]
     return lab.ci(oriented, lambda x: x.mean(-1).amin(-1))
+
+
+def top_k_gap(magnitude, named, top_k: int):
+    """``[..., n]`` magnitudes -> ``[...]``: the smallest, over the ``named`` indices, of the named entry's
+    magnitude minus the ``(top_k + 1)``-th largest of all ``n``. Positive exactly when every named entry is
+    larger than every entry ranked beyond ``top_k`` (ties count against it); the distance says by how much."""
+    import torch
+
+    if top_k >= magnitude.shape[-1]:
+        raise ValueError(f"top_k={top_k} with {magnitude.shape[-1]} components: every component is in the top "
+                         f"{top_k}, so the claim says nothing; use top_k < {magnitude.shape[-1]}.")
+    beyond = magnitude.topk(top_k + 1, dim=-1).values[..., top_k]
+    return torch.stack([magnitude[..., i] for i in named], -1).amin(-1) - beyond
+
+
+def head_gap(lab: Any, ps: Any, heads: Any, by: str, top_k: int):
+    """Interval of the smallest gap between a named head's |mean| (by ``by``) and the best head ranked beyond
+    ``top_k`` (:func:`top_k_gap`), paired on the same prompts: > 0 means every named head is in the top k."""
+    def statistic(x):
+        n_heads = x.shape[-2]
+        return top_k_gap(x.mean(-1).abs().flatten(-2), [h.layer * n_heads + h.index for h in heads], top_k)
+
+    return lab.ci(head_values(lab, ps, by), statistic)

@@ -23,7 +23,8 @@ Layout of a spec file::
     level = 0.95
     n_resamples = 1000
     min_prompts = 5             # optional: intervals over fewer distinct prompts are refused
-    family_level = 0.05         # optional: family-wise error rate of a claim test over its prompt sets
+    family_level = 0.05         # optional: false-support rate of a claim test (all its sets and looks)
+    power = 0.9                 # optional: the chance a claim true by its design margin is supported
     [prompts]                   # which prompt sets the claims are tested on
     ...
     [claims.named-heads]        # one table per stated claim, fields as in the dataclasses below
@@ -167,10 +168,13 @@ class StatisticsSpec:
     """Fewest distinct prompts an interval is computed over (at least 2; fewer are refused, and [prompts]
     min_size must be at least this)."""
     family_level: float = 0.05
-    """Family-wise error rate of one claim test (between 0 and 1, e.g. 0.05): the largest chance that a claim
-    which truly holds is declared false on any of the prompt sets the hypothesis profile draws. Each of
-    ``n`` sets is judged on its ``1 - 2 * family_level / n`` interval (Bonferroni, ``circuit.decision``);
-    ``level`` stays the level of intervals that decide nothing (preconditions, figures, tolerances)."""
+    """The false-support rate of one claim test (between 0 and 1, e.g. 0.05): the largest chance that a claim
+    which is false is declared supported, over all the prompt sets the hypothesis profile draws and all the
+    looks at each (``circuit.decision``); ``level`` stays the level of intervals that decide nothing (figures,
+    tolerances)."""
+    power: float = 0.9
+    """The chance that a claim true by its design margin is supported by one claim test at the prompt budget
+    (between 0 and 1); discovery sets thresholds at the margin this needs (``circuit.decision.required_margin``)."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +197,13 @@ class PromptSpec:
     position, against a perturbed answer) or 'first_differing_token' (the clean answer against the corrupted
     prompt's answer, at their first differing token, with the common prefix teacher-forced after the prompt;
     sets whose answers first differ at different depths are not drawn)."""
+    budget: int | None = None
+    """Most prompts a claim test measures one set on: an inconclusive set grows by batches of fresh prompts of
+    its shape up to this (``circuit.decision``). Default: 4 x max_size."""
+
+    @property
+    def prompt_budget(self) -> int:
+        return self.budget if self.budget is not None else 4 * self.max_size
 
 
 Layer = NewType("Layer", int)
@@ -597,6 +608,8 @@ def _check_values(spec: Spec) -> None:
     if not 0 < spec.statistics.family_level < 1:
         raise _fail(path, "statistics.family_level", f"must be between 0 and 1 (e.g. 0.05), got "
                     f"{spec.statistics.family_level}.")
+    if not 0 < spec.statistics.power < 1:
+        raise _fail(path, "statistics.power", f"must be between 0 and 1 (e.g. 0.9), got {spec.statistics.power}.")
     if spec.statistics.n_resamples < 100:
         raise _fail(path, "statistics.n_resamples", f"must be at least 100, got {spec.statistics.n_resamples}.")
     least = spec.statistics.min_prompts
@@ -610,6 +623,10 @@ def _check_values(spec: Spec) -> None:
                                               f"more (8 or more is sensible).")
     if p.min_size > p.max_size:
         raise _fail(path, "prompts.min_size", f"need min_size <= max_size, got {p.min_size}, {p.max_size}.")
+    if p.budget is not None and p.budget < p.max_size:
+        raise _fail(path, "prompts.budget", f"is {p.budget}, below max_size = {p.max_size}: the budget is the most "
+                                            f"prompts a set may grow to; use at least {p.max_size} (or leave it out: "
+                                            f"4 x max_size).")
     if not 1 <= p.min_digits <= p.max_digits <= 9:
         raise _fail(path, "prompts.min_digits",
                     f"need 1 <= min_digits <= max_digits <= 9, got {p.min_digits}, {p.max_digits}.")
@@ -663,9 +680,10 @@ def _check_sizes(spec: Spec, n_layers: int, n_heads: int) -> None:
                     raise _fail(path, key, f"head {value} is out of range: the model has layers 0..{n_layers - 1} "
                                            f"and heads 0..{n_heads - 1} per layer.")
         top_k = getattr(claim, "top_k", None)
-        if isinstance(top_k, int) and type(claim).TOP_K_OVER_HEADS and top_k > n_layers * n_heads:
+        if isinstance(top_k, int) and type(claim).TOP_K_OVER_HEADS and top_k >= n_layers * n_heads:
             raise _fail(path, f"claims.{claim_id}.top_k",
-                        f"top_k={top_k} exceeds the model's {n_layers * n_heads} heads.")
+                        f"top_k={top_k} leaves no head of the model's {n_layers * n_heads} ranked beyond it, so the "
+                        f"claim says nothing; use top_k < {n_layers * n_heads}.")
 
 
 def load_spec(path: str | Path, *, n_layers: int | None = None, n_heads: int | None = None) -> Spec:

@@ -16,6 +16,7 @@ no threshold can be compared with.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ __all__ = [
     "bootstrap_ci",
     "bootstrap_resamples",
     "check_finite",
+    "expanded_tail",
 ]
 
 class TooFewPromptsError(ValueError):
@@ -118,6 +120,30 @@ def _quantile(x: Tensor, q: float) -> Tensor:
     return torch.lerp(lower, upper, torch.full_like(lower, frac))
 
 
+def _t_quantile(p: float, df: int) -> float:
+    """Student's t quantile (Cornish-Fisher expansion in ``1 / df``; within 1e-3 of the exact value for df >= 4
+    at the tails the claims use)."""
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(p)
+    v = float(df)
+    return (z + (z**3 + z) / (4 * v) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
+            + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * v**4))
+
+
+def expanded_tail(tail: float, n: int) -> float:
+    """The bootstrap quantile to read for a one-sided error ``tail`` over ``n`` prompts: the *expanded*
+    percentile interval (Hesterberg 2015), whose normal quantile is ``sqrt(n / (n - 1)) * t(1 - tail, n - 1)``.
+    The plain percentile bootstrap is as narrow as a z interval with the variance divided by ``n``, not
+    ``n - 1``: over 16 prompts its one-sided 1.25% bound misses about 3% of the time."""
+    from statistics import NormalDist
+
+    if n < 2:
+        return tail
+    return 1 - NormalDist().cdf(math.sqrt(n / (n - 1)) * _t_quantile(1 - tail, n - 1))
+
+
 def bootstrap_ci(
     values: Float[Tensor, "... batch"],
     *,
@@ -126,8 +152,12 @@ def bootstrap_ci(
     seed: int = 0,
     statistic: Callable[[Tensor], Tensor] | None = None,
     min_prompts: int = 2,
+    expand: bool = False,
 ) -> Interval:
     """Percentile bootstrap CI of ``statistic`` (default: mean over the last dim, the prompts).
+
+    ``expand``: read the expanded percentile quantiles (:func:`expanded_tail`), with at least 10 resamples beyond
+    each (the interval's ``level`` stays the nominal one). Claims judge with it.
 
     Raises:
         TooFewPromptsError: fewer than ``min_prompts`` prompts (values in the last dim; at least 2 always).
@@ -143,6 +173,10 @@ def bootstrap_ci(
             f"prompts (a spec's [prompts] min_size).")
     values = values.detach().double()
     check_finite(values, f"Values to bootstrap over {n_prompts} prompts are")
+    alpha = (1 - level) / 2
+    if expand:
+        alpha = expanded_tail(alpha, n_prompts)
+        n_resamples = max(n_resamples, math.ceil(10 / alpha))
     stat = statistic or (lambda x: x.mean(-1))
     estimate = stat(values)
     check_finite(estimate, "The statistic of the values is")
@@ -151,6 +185,5 @@ def bootstrap_ci(
     else:
         resampled = stat(bootstrap_resamples(values, n_resamples, seed))
     check_finite(resampled, f"The statistic of the {n_resamples} bootstrap resamples is")
-    alpha = (1 - level) / 2
     low, high = _quantile(resampled, alpha), _quantile(resampled, 1 - alpha)
     return Interval(estimate, low, high, level)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from jaxtyping import Float
 from torch import Tensor
@@ -255,64 +255,46 @@ def _attribution_figure(lab, prompt_set, from_layer: int):
 
 @pytest.mark.claim(id="logit-lens-linear", statement=LENS_STATEMENT)
 @given(data=st.data())
-def test_logit_lens_rises_linearly(model, lab, claim, evidence, data):
-    prompt_set = lab.draw(data)
+def test_logit_lens_rises_linearly(claim, verdict, data):
     from_layer = claim.from_layer
-    judged = lab.judge(Rule(">=", claim.min_r2, "min_r2"), prompt_set,
-                       lambda lab, ps: lens_linearity(lab, ps, from_layer), n_sets=settings().max_examples)
-    record = evidence.record(
-        f"R^2 of a straight line through the mean logit lens curve against depth, from layer {from_layer}",
-        judged.interval, judgement=judged, prompt_set=prompt_set, figures=_lens_figure(lab, prompt_set, from_layer),
-    )
-    assert record.holds, judged.explain(record.describe())
+    verdict.judge(data, f"R^2 of a straight line through the mean logit lens curve against depth, from layer "
+                        f"{from_layer}",
+                  lambda lab, ps: lens_linearity(lab, ps, from_layer), Rule(">=", claim.min_r2, "min_r2"),
+                  figures=lambda lab, ps: _lens_figure(lab, ps, from_layer))
 
 
 @pytest.mark.claim(id="logit-lens-linear", statement=LENS_STATEMENT)
 @given(data=st.data())
-def test_every_layer_raises_the_logit_lens(model, lab, claim, evidence, data):
+def test_every_layer_raises_the_logit_lens(claim, verdict, data):
     if claim.min_step is None:
         pytest.skip("the spec states no min_step")
-    prompt_set = lab.draw(data)
     from_layer = claim.from_layer
-    judged = lab.judge(Rule(">=", claim.min_step, "min_step"), prompt_set,
-                       lambda lab, ps: lens_smallest_step(lab, ps, from_layer), n_sets=settings().max_examples)
-    record = evidence.record(
-        f"smallest step of the mean logit lens curve / |average step|, from layer {from_layer}",
-        judged.interval, judgement=judged, prompt_set=prompt_set, figures=_lens_figure(lab, prompt_set, from_layer),
-    )
-    assert record.holds, judged.explain(record.describe())
+    verdict.judge(data, f"smallest step of the mean logit lens curve / |average step|, from layer {from_layer}",
+                  lambda lab, ps: lens_smallest_step(lab, ps, from_layer), Rule(">=", claim.min_step, "min_step"),
+                  figures=lambda lab, ps: _lens_figure(lab, ps, from_layer))
 
 
 @pytest.mark.claim(id="late-mlp-attribution", statement=MLP_STATEMENT)
 @given(data=st.data())
-def test_late_mlp_layers_carry_the_attribution(model, lab, claim, evidence, data):
-    prompt_set = lab.draw(data)
+def test_late_mlp_layers_carry_the_attribution(claim, verdict, data):
     from_layer = claim.from_layer
-    judged = lab.judge(Rule(">=", claim.min_mlp_share, "min_mlp_share"), prompt_set,
-                       lambda lab, ps: late_mlp_share(lab, ps, from_layer), n_sets=settings().max_examples)
-    record = evidence.record(
-        f"MLP share of sum |mean direct logit attribution| over attention and MLP layers, layers {from_layer}+",
-        judged.interval, judgement=judged, prompt_set=prompt_set,
-        figures=_attribution_figure(lab, prompt_set, from_layer),
-    )
-    assert record.holds, judged.explain(record.describe())
+    verdict.judge(data, f"MLP share of sum |mean direct logit attribution| over attention and MLP layers, layers "
+                        f"{from_layer}+",
+                  lambda lab, ps: late_mlp_share(lab, ps, from_layer),
+                  Rule(">=", claim.min_mlp_share, "min_mlp_share"),
+                  figures=lambda lab, ps: _attribution_figure(lab, ps, from_layer))
 
 
 @pytest.mark.claim(id="late-mlp-attribution", statement=MLP_STATEMENT)
 @given(data=st.data())
-def test_named_attention_layers_have_their_sign(model, lab, claim, evidence, data):
+def test_named_attention_layers_have_their_sign(claim, verdict, data):
     named = claim.attention_layers
     if not named:
         pytest.skip("the spec names no attention layer")
-    prompt_set = lab.draw(data)
-    judged = lab.judge(Rule(">", 0), prompt_set, lambda lab, ps: weakest_signed_attention(lab, ps, named),
-                       n_sets=settings().max_examples)
-    record = evidence.record(
-        f"smallest sign-oriented mean direct logit attribution among attention layers "
-        f"{[f'{n.layer} ({n.sign})' for n in named]}", judged.interval, judgement=judged, prompt_set=prompt_set,
-        figures=_attribution_figure(lab, prompt_set, claim.from_layer),
-    )
-    assert record.holds, judged.explain(record.describe())
+    verdict.judge(data, f"smallest sign-oriented mean direct logit attribution among attention layers "
+                        f"{[f'{n.layer} ({n.sign})' for n in named]}",
+                  lambda lab, ps: weakest_signed_attention(lab, ps, named), Rule(">", 0),
+                  figures=lambda lab, ps: _attribution_figure(lab, ps, claim.from_layer))
 
 
 # --- discovery ----------------------------------------------------------------------------------------
@@ -320,28 +302,24 @@ def test_named_attention_layers_have_their_sign(model, lab, claim, evidence, dat
 
 @drafts("logit-lens-linear")
 def _draft_logit_lens_linear(ctx: DraftContext) -> tuple[LogitLensLinearClaim | None, str]:
-    """The whole curve (from layer 0, as the source plots it); ``min_step`` only where no sub-layer lowers it."""
+    """The whole curve (from layer 0, as the source plots it); ``min_step`` only where the held-out sets support a
+    step above 0 (no sub-layer lowers the curve)."""
     def linearity(lab, ps):
         return lens_linearity(lab, ps, 0)
 
     def smallest_step(lab, ps):
         return lens_smallest_step(lab, ps, 0)
 
-    fits = ctx.intervals(linearity)
-    rule = ctx.rule(">=", fits)
-    lowest = min(float(i.low) for i in fits)
+    rule = ctx.rule(">=", linearity, "min_r2")
     if rule.threshold < MIN_STATED_R2:
-        return None, (f"not stated: R^2 of a line through the logit lens from layer 0, lowest CI low {lowest:.3g} "
-                      f"(estimates {[round(float(i.estimate), 3) for i in fits]}); the drafted threshold "
-                      f"{rule.threshold:g} is below {MIN_STATED_R2}")
-    steps = ctx.intervals(smallest_step)
-    step_rule = ctx.rule(">=", steps)
+        return None, (f"not stated: R^2 of a line through the logit lens from layer 0: "
+                      f"{ctx.log[ctx.claim_id]['min_r2']}, below {MIN_STATED_R2}")
+    step_rule = ctx.rule(">=", smallest_step, "min_step")
     min_step, note = None, ""
     if step_rule.threshold > 0:
         min_step = step_rule.threshold
     else:
-        note = (f"min_step not stated: the smallest step / |average step| has lowest CI low "
-                f"{min(float(i.low) for i in steps):.3g} (some sub-layer lowers the curve)")
+        note = f"min_step not stated: {ctx.log[ctx.claim_id].pop('min_step')} (some sub-layer lowers the curve)"
     return LogitLensLinearClaim(tolerance=ctx.tolerance(linearity), from_layer=0, min_r2=rule.threshold,
                                 min_step=min_step), note
 
@@ -349,8 +327,8 @@ def _draft_logit_lens_linear(ctx: DraftContext) -> tuple[LogitLensLinearClaim | 
 @drafts("late-mlp-attribution")
 def _draft_late_mlp_attribution(ctx: DraftContext) -> tuple[LateMlpAttributionClaim | None, str]:
     """From the latest of: the late layers (final-token localization's), the second half, all layers, where the
-    MLP share holds on every set; names the attention layer with the largest |mean attribution| when its
-    sign shows on every set."""
+    held-out sets support an MLP share above ``MIN_STATED_SHARE``; names the attention layer with the largest
+    |mean attribution| on the draft sets when its sign clears 0 on the held-out sets."""
     candidates = sorted({layer for layer in (ctx.late_from_layer, ctx.n_layers // 2, 0) if layer is not None},
                         reverse=True)
     tried = []
@@ -358,12 +336,10 @@ def _draft_late_mlp_attribution(ctx: DraftContext) -> tuple[LateMlpAttributionCl
         def share(lab, ps, from_layer=from_layer):
             return late_mlp_share(lab, ps, from_layer)
 
-        shares = ctx.intervals(share)
-        rule = ctx.rule(">=", shares)
+        rule = ctx.rule(">=", share, "min_mlp_share")
         if rule.threshold > MIN_STATED_SHARE:
             break
-        tried.append(f"from layer {from_layer}: lowest CI low {min(float(i.low) for i in shares):.3g}, drafted "
-                     f"threshold {rule.threshold:g}")
+        tried.append(f"from layer {from_layer}: {ctx.log[ctx.claim_id]['min_mlp_share']}")
     else:
         return None, (f"not stated: the MLP share of |direct logit attribution| is not above {MIN_STATED_SHARE} "
                       f"with margin ({'; '.join(tried)})")
@@ -371,16 +347,15 @@ def _draft_late_mlp_attribution(ctx: DraftContext) -> tuple[LateMlpAttributionCl
     rows = _layer_rows(attributions[0].labels, "attn_out")
     means = torch.stack([a.mean.double().cpu()[[rows[layer] for layer in sorted(rows)]] for a in attributions])
     largest = int(means.mean(0).abs().argmax())
+    sign = "positive" if float(means.mean(0)[largest]) > 0 else "negative"
+    candidate = (SignedLayer(layer=largest, sign=sign),)
     named: tuple[SignedLayer, ...] = ()
-    for sign in _SIGNS:
-        candidate = (SignedLayer(layer=largest, sign=sign),)
-        signed = ctx.intervals(lambda lab, ps: weakest_signed_attention(lab, ps, candidate))
-        if all(float(i.low) > 0 for i in signed):  # the sign shown on every set, not merely not refuted
-            named = candidate
+    if ctx.supports(">", lambda lab, ps: weakest_signed_attention(lab, ps, candidate), 0.0, f"attention {largest} {sign}"):
+        named = candidate
     notes = [f"not from a later layer ({'; '.join(tried)})"] if tried else []
     if not named:
         notes.append(f"attention_layers not stated: attention layer {largest} has the largest |mean attribution| "
-                     f"({[round(float(m[largest]), 3) for m in means]} per set), but its sign does not show on "
-                     f"every set")
+                     f"({[round(float(m[largest]), 3) for m in means]} per draft set), but its sign does not clear 0 "
+                     f"on the held-out sets")
     return LateMlpAttributionClaim(tolerance=ctx.tolerance(share), from_layer=from_layer,
                                    min_mlp_share=rule.threshold, attention_layers=named), "; ".join(notes)

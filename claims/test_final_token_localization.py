@@ -6,7 +6,7 @@ the late layers recover (nearly) all of it, and in late layers no other position
 """
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from circuit import measures
@@ -29,29 +29,17 @@ def _figure(lab, prompt_set):
 
 @pytest.mark.claim(id="final-token-localization", statement=STATEMENT)
 @given(data=st.data())
-def test_final_position_recovers_in_late_layers(model, lab, claim, evidence, data):
-    prompt_set = lab.draw(data)
-    lab.require_task_solved(prompt_set, evidence)
+def test_final_position_recovers_in_late_layers(claim, verdict, data):
     late = claim.late_from_layer
-    judged = lab.judge(Rule(">=", claim.min_recovery), prompt_set, lambda lab, ps: measures.final_recovery(lab, ps, late),
-                       n_sets=settings().max_examples)
-    record = evidence.record(
-        f"mean normalized recovery at the final position, layers {late}+", judged.interval, judgement=judged,
-        prompt_set=prompt_set, figures=_figure(lab, prompt_set),
-    )
-    assert record.holds, judged.explain(record.describe())
+    verdict.judge(data, f"mean normalized recovery at the final position, layers {late}+",
+                  lambda lab, ps: measures.final_recovery(lab, ps, late),
+                  Rule(">=", claim.min_recovery, "min_recovery"), figures=_figure)
 
 
 @pytest.mark.claim(id="final-token-localization", statement=STATEMENT)
 @given(data=st.data())
-def test_no_other_position_recovers_in_late_layers(model, lab, claim, evidence, data):
-    prompt_set = lab.draw(data)
-    lab.require_task_solved(prompt_set, evidence)
+def test_no_other_position_recovers_in_late_layers(claim, verdict, data):
     late = claim.late_from_layer
-    judged = lab.judge(Rule("<=", claim.max_other_recovery), prompt_set,
-                       lambda lab, ps: measures.other_recovery(lab, ps, late), n_sets=settings().max_examples)
-    record = evidence.record(
-        f"largest normalized recovery at any non-final position, layers {late}+", judged.interval,
-        judgement=judged, prompt_set=prompt_set, figures=_figure(lab, prompt_set),
-    )
-    assert record.holds, judged.explain(record.describe())
+    verdict.judge(data, f"largest normalized recovery at any non-final position, layers {late}+",
+                  lambda lab, ps: measures.other_recovery(lab, ps, late),
+                  Rule("<=", claim.max_other_recovery, "max_other_recovery"), figures=_figure)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from circuit.decision import Rule
@@ -182,17 +182,14 @@ def pattern_share_of_late_heads(lab, ps, late_from_layer, top_k):
 # --- the claim tests ----------------------------------------------------------------------------------
 
 
-def _fail_on_empty_bands(evidence, prompt_set, n_layers, bands):
-    """Fail the test, recording why, when a band the claim compares has no layer on this model."""
+def _refuted_by_empty_bands(verdict, n_layers, bands) -> None:
+    """Refute the claim, recording why, when a band it compares has no layer on this model."""
     empty = empty_bands(n_layers, bands)
-    if not empty:
-        return
-    some = Rule(">=", 1, interval=False)  # the claim is about heads in every band
-    record = evidence.record(f"layers in the {' and '.join(empty)} band(s) of this {n_layers}-layer model", 0,
-                             threshold=some.text, holds=False, prompt_set=prompt_set)
-    pytest.fail(f"{record.describe()}\nThe spec's bands: "
-                f"{', '.join(f'{name} layers {_span(r)}' for name, r in bands.items())}; choose bands that each hold "
-                f"a layer of this model.")
+    if empty:
+        verdict.value(f"layers in the {' and '.join(empty)} band(s) of this {n_layers}-layer model", 0,
+                      Rule(">=", 1, interval=False),
+                      detail=f"The spec's bands: {', '.join(f'{name} layers {_span(r)}' for name, r in bands.items())}; "
+                             f"choose bands that each hold a layer of this model.")
 
 
 def _head_heatmap(values, title, caption, highlight=()):
@@ -209,20 +206,10 @@ LATE_VALUE_STATEMENT = ("Late value heads: patching a head's values matters most
                         "mean |value patching effect| of late heads is a multiple of that of earlier heads).")
 
 
-@pytest.mark.claim(id="late-value-heads", statement=LATE_VALUE_STATEMENT)
-@given(data=st.data())
-def test_late_heads_matter_most_by_value_patching(model, lab, claim, evidence, data):
-    prompt_set = lab.draw(data)
-    n_layers = model.bridge.cfg.n_layers
-    late = claim.late_from_layer
-    _fail_on_empty_bands(evidence, prompt_set, n_layers,
-                         {"late": range(late, n_layers), "early and middle": range(late)})
-    lab.require_task_solved(prompt_set, evidence)
-    judged = lab.judge(Rule(">=", claim.min_ratio), prompt_set, lambda lab, ps: late_value_ratio(lab, ps, late),
-                       n_sets=settings().max_examples)
+def _value_figures(lab, prompt_set, late):
     v = _effects(lab, prompt_set, "v").mean(-1)
     z = _effects(lab, prompt_set, "z").mean(-1)
-    figures = {
+    return {
         "Value patching effect per head": _head_heatmap(
             v, "v patching: patched - corrupted",
             f"If the claim holds, the rows from layer {late} up hold the darkest cells."),
@@ -232,11 +219,16 @@ def test_late_heads_matter_most_by_value_patching(model, lab, claim, evidence, d
             f"One point per head (the source's plot). If the claim holds, the points far from 0 are heads of "
             f"layers {late}+."),
     }
-    record = evidence.record(
-        f"mean |v patching effect| of heads in layers {late}+ / of heads in layers 0..{late - 1}", judged.interval,
-        judgement=judged, prompt_set=prompt_set, figures=figures,
-    )
-    assert record.holds, judged.explain(record.describe())
+
+
+@pytest.mark.claim(id="late-value-heads", statement=LATE_VALUE_STATEMENT)
+@given(data=st.data())
+def test_late_heads_matter_most_by_value_patching(model, claim, verdict, data):
+    n_layers, late = model.bridge.cfg.n_layers, claim.late_from_layer
+    _refuted_by_empty_bands(verdict, n_layers, {"late": range(late, n_layers), "early and middle": range(late)})
+    verdict.judge(data, f"mean |v patching effect| of heads in layers {late}+ / of heads in layers 0..{late - 1}",
+                  lambda lab, ps: late_value_ratio(lab, ps, late), Rule(">=", claim.min_ratio, "min_ratio"),
+                  figures=lambda lab, ps: _value_figures(lab, ps, late))
 
 
 PATTERN_BANDS_STATEMENT = ("Pattern bands: patching a head's attention pattern matters for early and late heads, "
@@ -244,27 +236,24 @@ PATTERN_BANDS_STATEMENT = ("Pattern bands: patching a head's attention pattern m
                            "of the middle band's).")
 
 
-@pytest.mark.claim(id="pattern-bands", statement=PATTERN_BANDS_STATEMENT)
-@given(data=st.data())
-def test_early_and_late_heads_matter_by_pattern_patching(model, lab, claim, evidence, data):
-    prompt_set = lab.draw(data)
-    n_layers = model.bridge.cfg.n_layers
-    early, late = claim.early_until_layer, claim.late_from_layer
-    _fail_on_empty_bands(evidence, prompt_set, n_layers, {"early": range(early), "middle": range(early, late),
-                                                          "late": range(late, n_layers)})
-    lab.require_task_solved(prompt_set, evidence)
-    judged = lab.judge(Rule(">=", claim.min_ratio), prompt_set,
-                       lambda lab, ps: pattern_band_ratio(lab, ps, early, late), n_sets=settings().max_examples)
+def _pattern_figures(lab, prompt_set, early, late):
     pattern = _effects(lab, prompt_set, "pattern").mean(-1)
-    figures = {"Pattern patching effect per head": _head_heatmap(
+    return {"Pattern patching effect per head": _head_heatmap(
         pattern, "pattern patching: patched - corrupted",
         f"If the claim holds, the rows below layer {early} and from layer {late} up hold dark cells, and the rows "
         f"{early}..{late - 1} between them stay pale.")}
-    record = evidence.record(
-        f"min(mean |pattern patching effect| of layers 0..{early - 1}, of layers {late}+) / of layers "
-        f"{early}..{late - 1}", judged.interval, judgement=judged, prompt_set=prompt_set, figures=figures,
-    )
-    assert record.holds, judged.explain(record.describe())
+
+
+@pytest.mark.claim(id="pattern-bands", statement=PATTERN_BANDS_STATEMENT)
+@given(data=st.data())
+def test_early_and_late_heads_matter_by_pattern_patching(model, claim, verdict, data):
+    n_layers, early, late = model.bridge.cfg.n_layers, claim.early_until_layer, claim.late_from_layer
+    _refuted_by_empty_bands(verdict, n_layers, {"early": range(early), "middle": range(early, late),
+                                                "late": range(late, n_layers)})
+    verdict.judge(data, f"min(mean |pattern patching effect| of layers 0..{early - 1}, of layers {late}+) / of "
+                        f"layers {early}..{late - 1}",
+                  lambda lab, ps: pattern_band_ratio(lab, ps, early, late), Rule(">=", claim.min_ratio, "min_ratio"),
+                  figures=lambda lab, ps: _pattern_figures(lab, ps, early, late))
 
 
 PATTERN_EXPLAINS_STATEMENT = ("Late heads act through their attention patterns: for the top late heads by output "
@@ -272,38 +261,34 @@ PATTERN_EXPLAINS_STATEMENT = ("Late heads act through their attention patterns: 
                               "output patching effect.")
 
 
-@pytest.mark.claim(id="pattern-explains-late-heads", statement=PATTERN_EXPLAINS_STATEMENT)
-@given(data=st.data())
-def test_pattern_patching_reproduces_late_heads_output_patching(model, lab, claim, evidence, data):
-    prompt_set = lab.draw(data)
-    cfg = model.bridge.cfg
-    late, k = claim.late_from_layer, claim.top_k
-    available = (cfg.n_layers - late) * cfg.n_heads
-    if k > available:
-        some = Rule(">=", k, "top_k", interval=False)
-        record = evidence.record(f"heads in layers {late}+ of this {cfg.n_layers}-layer model", available,
-                                 threshold=some.text, holds=False, prompt_set=prompt_set)
-        pytest.fail(f"{record.describe()}\nThe claim is about the top {k} late heads; lower top_k or late_from_layer.")
-    lab.require_task_solved(prompt_set, evidence)
-    judged = lab.judge(Rule(">=", claim.min_fraction), prompt_set,
-                       lambda lab, ps: pattern_share_of_late_heads(lab, ps, late, k), n_sets=settings().max_examples)
+def _share_figures(lab, prompt_set, late, k):
     heads = late_top_heads(lab, prompt_set, late, k)
     z = _effects(lab, prompt_set, "z").mean(-1)
     pattern = _effects(lab, prompt_set, "pattern").mean(-1)
     caption = ("The boxed cells are the late top heads. If the claim holds, their cells have about the same colour "
                "in both maps.")
-    figures = {
+    return {
         "Output (z) patching effect per head (late top heads boxed)": _head_heatmap(
             z, "z patching: patched - corrupted", caption, heads),
         "Pattern patching effect per head (late top heads boxed)": _head_heatmap(
             pattern, "pattern patching: patched - corrupted", caption, heads),
     }
-    record = evidence.record(
-        f"share of the z patching effect of late top-{k} heads {[f'L{l}H{h}' for l, h in heads]} (layers {late}+) "
-        f"reproduced by pattern patching, sum pattern * sign(z) / sum |z|", judged.interval, judgement=judged,
-        prompt_set=prompt_set, figures=figures,
-    )
-    assert record.holds, judged.explain(record.describe())
+
+
+@pytest.mark.claim(id="pattern-explains-late-heads", statement=PATTERN_EXPLAINS_STATEMENT)
+@given(data=st.data())
+def test_pattern_patching_reproduces_late_heads_output_patching(model, claim, verdict, data):
+    cfg = model.bridge.cfg
+    late, k = claim.late_from_layer, claim.top_k
+    available = (cfg.n_layers - late) * cfg.n_heads
+    if k > available:
+        verdict.value(f"heads in layers {late}+ of this {cfg.n_layers}-layer model", available,
+                      Rule(">=", k, "top_k", interval=False),
+                      detail="The claim is about the top k late heads; lower top_k or late_from_layer.")
+    verdict.judge(data, f"share of the z patching effect of the late top-{k} heads (layers {late}+) reproduced by "
+                        f"pattern patching, sum pattern * sign(z) / sum |z|",
+                  lambda lab, ps: pattern_share_of_late_heads(lab, ps, late, k),
+                  Rule(">=", claim.min_fraction, "min_fraction"), figures=lambda lab, ps: _share_figures(lab, ps, late, k))
 
 
 # --- drafters (discovery) -----------------------------------------------------------------------------
@@ -317,10 +302,6 @@ def _late_layer(ctx: DraftContext):
             "late layers two thirds up, as the source's 16 of 24 (final-token-localization not stated)")
 
 
-def _intervals_text(intervals):
-    return "; ".join(str(i) for i in intervals)
-
-
 @drafts("late-value-heads")
 def _draft_late_value_heads(ctx: DraftContext):
     late, where = _late_layer(ctx)
@@ -330,11 +311,10 @@ def _draft_late_value_heads(ctx: DraftContext):
     def measure(lab, ps):
         return late_value_ratio(lab, ps, late)
 
-    intervals = ctx.intervals(measure)
-    rule = ctx.rule(">=", intervals)
+    rule = ctx.rule(">=", measure, "min_ratio")
     if rule.threshold <= 1.0:
-        return None, (f"not stated: mean |v effect| of heads in layers {late}+ / of earlier heads is "
-                      f"{_intervals_text(intervals)}: no threshold above 1 holds on every set with margin")
+        return None, (f"not stated: mean |v effect| of heads in layers {late}+ / of earlier heads: "
+                      f"{ctx.log[ctx.claim_id]['min_ratio']}: no threshold above 1")
     return LateValueHeads(tolerance=ctx.tolerance(measure), late_from_layer=late, min_ratio=rule.threshold), where
 
 
@@ -349,12 +329,10 @@ def _draft_pattern_bands(ctx: DraftContext):
     def measure(lab, ps):
         return pattern_band_ratio(lab, ps, early, late)
 
-    intervals = ctx.intervals(measure)
-    rule = ctx.rule(">=", intervals)
+    rule = ctx.rule(">=", measure, "min_ratio")
     if rule.threshold <= 1.0:
         return None, (f"not stated: min(early, late) / middle mean |pattern effect| with bands 0..{early - 1}, "
-                      f"{early}..{late - 1}, {late}+ is {_intervals_text(intervals)}: no threshold above 1 holds "
-                      f"on every set with margin")
+                      f"{early}..{late - 1}, {late}+: {ctx.log[ctx.claim_id]['min_ratio']}: no threshold above 1")
     return PatternBands(tolerance=ctx.tolerance(measure), early_until_layer=early, late_from_layer=late,
                         min_ratio=rule.threshold), f"{where}; early band: layers before {early} (a sixth of the model)"
 
@@ -369,11 +347,10 @@ def _draft_pattern_explains_late_heads(ctx: DraftContext):
     def measure(lab, ps):
         return pattern_share_of_late_heads(lab, ps, late, k)
 
-    intervals = ctx.intervals(measure)
-    rule = ctx.rule(">=", intervals)
+    rule = ctx.rule(">=", measure, "min_fraction")
     if rule.threshold < 0.5:
         return None, (f"not stated: share of the z effect of the top {k} heads in layers {late}+ reproduced by "
-                      f"pattern patching is {_intervals_text(intervals)}: no threshold of at least 0.5 (most of "
-                      f"it) holds on every set with margin (drafted {rule.threshold:g})")
+                      f"pattern patching: {ctx.log[ctx.claim_id]['min_fraction']}: no threshold of at least 0.5 "
+                      f"(most of it)")
     return PatternExplainsLateHeads(tolerance=ctx.tolerance(measure), late_from_layer=late, top_k=k,
                                     min_fraction=rule.threshold), where

@@ -8,7 +8,7 @@ approximation), which must agree.
 """
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from circuit import measures
@@ -37,33 +37,20 @@ def _figures(lab, prompt_set, method):
     return figures
 
 
-@pytest.mark.claim(id="mlp-over-attention", statement=STATEMENT)
-@given(data=st.data())
-def test_mlp_outweighs_attention_by_activation_patching(model, lab, claim, evidence, data):
-    prompt_set = lab.draw(data)
-    lab.require_task_solved(prompt_set, evidence)
-    judged = lab.judge(Rule(">", claim.min_ratio), prompt_set,
-                       lambda lab, ps: measures.mlp_attention_ratio(lab, ps, "activation", claim.from_layer),
-                       n_sets=settings().max_examples)
-    record = evidence.record(
-        f"sum |MLP effect| / sum |attention effect| at the final position, layers {claim.from_layer}+ "
-        f"(activation patching)", judged.interval, judgement=judged, prompt_set=prompt_set,
-        figures=_figures(lab, prompt_set, "activation"),
-    )
-    assert record.holds, judged.explain(record.describe())
+def _judge(claim, verdict, data, method):
+    verdict.judge(data, f"sum |MLP effect| / sum |attention effect| at the final position, layers "
+                        f"{claim.from_layer}+ ({method} patching)",
+                  lambda lab, ps: measures.mlp_attention_ratio(lab, ps, method, claim.from_layer),
+                  Rule(">", claim.min_ratio, "min_ratio"), figures=lambda lab, ps: _figures(lab, ps, method))
 
 
 @pytest.mark.claim(id="mlp-over-attention", statement=STATEMENT)
 @given(data=st.data())
-def test_mlp_outweighs_attention_by_attribution_patching(model, lab, claim, evidence, data):
-    prompt_set = lab.draw(data)
-    lab.require_task_solved(prompt_set, evidence)
-    judged = lab.judge(Rule(">", claim.min_ratio), prompt_set,
-                       lambda lab, ps: measures.mlp_attention_ratio(lab, ps, "attribution", claim.from_layer),
-                       n_sets=settings().max_examples)
-    record = evidence.record(
-        f"sum |MLP effect| / sum |attention effect| at the final position, layers {claim.from_layer}+ "
-        f"(attribution patching)", judged.interval, judgement=judged, prompt_set=prompt_set,
-        figures=_figures(lab, prompt_set, "attribution"),
-    )
-    assert record.holds, judged.explain(record.describe())
+def test_mlp_outweighs_attention_by_activation_patching(claim, verdict, data):
+    _judge(claim, verdict, data, "activation")
+
+
+@pytest.mark.claim(id="mlp-over-attention", statement=STATEMENT)
+@given(data=st.data())
+def test_mlp_outweighs_attention_by_attribution_patching(claim, verdict, data):
+    _judge(claim, verdict, data, "attribution")

@@ -35,17 +35,16 @@ of only those would divide 0 by 0. A set with fewer than ``[statistics] min_prom
 fails as a precondition, with that reason.
 """
 
-import math
 import re
 from dataclasses import dataclass
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from circuit.decision import Rule
-from circuit.discover import DraftContext, drafts, width_of
+from circuit.discover import DraftContext, drafts
 from circuit.report import heatmap
 from circuit.spec import ClaimSpec, Layer, LayerBound, register_claim
 from circuit.stats import TooFewPromptsError
@@ -243,20 +242,16 @@ def fraction_of_first(n_first: int):
     return statistic
 
 
-def worst_rank(x: torch.Tensor, named: list[tuple[int, tuple[int, ...]]]) -> torch.Tensor:
-    """``[..., layer, pos, batch]`` -> ``[...]``: the largest rank among ``named`` cells by |mean|.
+def cell_gap(x: torch.Tensor, named: list[tuple[int, tuple[int, ...]]], top_k: int) -> torch.Tensor:
+    """``[..., layer, pos, batch]`` -> ``[...]``: the smallest, over ``named`` cells, of the cell's |mean| minus
+    that of the best cell ranked beyond ``top_k`` of all layer x position cells (``circuit.measures.top_k_gap``).
+    A named cell is ``(layer, positions)`` and takes its best position. > 0: every named cell is in the top k."""
+    from circuit.measures import top_k_gap
 
-    A named cell is ``(layer, positions)`` and takes its best position's rank. A cell's rank is the number of
-    cells whose |mean| is at least its own, itself included: ties count against it (as
-    ``circuit.measures.worst_head_rank``), so cells whose effects are all 0 rank last, not first.
-    """
-    magnitude = x.mean(-1).abs()
-    flat = magnitude.flatten(-2)
-    ranks = []
-    for layer, positions in named:
-        own = magnitude[..., layer, list(positions)]  # [..., k]
-        ranks.append((flat[..., None, :] >= own[..., :, None]).sum(-1).amin(-1))
-    return torch.stack(ranks, -1).amax(-1).double()
+    flat, n_pos = x.mean(-1).abs().flatten(-2), x.shape[-2]
+    per_cell = [torch.stack([top_k_gap(flat, [layer * n_pos + p], top_k) for p in positions], -1).amax(-1)
+                for layer, positions in named]
+    return torch.stack(per_cell, -1).amin(-1)
 
 
 def gaps(lab, ps) -> torch.Tensor:
@@ -310,29 +305,35 @@ def operand_attention_fraction(lab, ps, early_until_layer: int):
     return lab.ci(torch.cat([early, final]), fraction_of_first(early.shape[0]))
 
 
-def require_informative_prompts(lab, ps, evidence) -> None:
-    """Fail (recording why) when fewer than ``[statistics] min_prompts`` prompts have clean and corrupted logit
-    differences that differ: the attention statistics are computed over those prompts only."""
-    from circuit.lab import PreconditionFailed
+def require_informative_prompts(lab, ps) -> None:
+    """Raise ``circuit.decision.Inconclusive`` when fewer than ``[statistics] min_prompts`` prompts have clean and
+    corrupted logit differences that differ: the attention statistics are computed over those prompts only."""
+    from circuit.decision import Inconclusive
 
     keep, least = informative(lab, ps), lab.spec.statistics.min_prompts
     n = int(keep.sum())
-    if n >= least:
-        return
-    record = evidence.record(
-        "PRECONDITION: prompts whose clean and corrupted logit differences differ", float(n),
-        threshold=f">= {least} ([statistics] min_prompts)", holds=False, prompt_set=ps)
-    raise PreconditionFailed(
-        f"Precondition failed: only {n} of {len(keep)} prompts have clean and corrupted logit differences that "
-        f"differ (at least {least} needed); on the others every patching effect is 0, so there is nothing to "
-        f"locate. Prompts: {record.prompt_set}")
+    if n < least:
+        raise Inconclusive(
+            f"only {n} of {len(keep)} prompts have clean and corrupted logit differences that differ (at least "
+            f"{least} needed); on the others every patching effect is 0, so there is nothing to locate")
 
 
-def worst_cell_rank(lab, ps, cells):
-    """Interval of the worst rank among ``cells`` (``NamedCell``) by |mean mlp_out effect| over all cells."""
+def operand_attention_toward_clean(lab, ps, early_until_layer: int):
+    """Interval of the early layers' attn_out effect at the operand positions, toward the clean run: per prompt
+    the sum over layers < early_until_layer and operand positions of ``patched - corrupted`` times the sign of
+    ``clean - corrupted``, mean over (informative) prompts, divided by the mean ``|clean - corrupted|``."""
+    positions, keep = positions_of(lab, ps), informative(lab, ps)
+    gap = gaps(lab, ps)[keep]
+    effects = lab.effects(lab.patch(ps, "attn_out"))[:early_until_layer, list(positions.operands)][..., keep]
+    total = effects.flatten(0, 1).sum(0) * gap.sign()
+    return lab.ci(torch.stack([total, gap.abs()]), lambda x: toward_clean(x, 1, "min"))
+
+
+def mlp_cell_gap(lab, ps, cells, top_k: int):
+    """Interval of :func:`cell_gap` of ``cells`` (``NamedCell``) by |mean mlp_out effect| over all cells."""
     positions = positions_of(lab, ps)
     named = [(c.layer, positions.of(c.position)) for c in cells]
-    return lab.ci(lab.effects(lab.patch(ps, "mlp_out")), lambda x: worst_rank(x, named))
+    return lab.ci(lab.effects(lab.patch(ps, "mlp_out")), lambda x: cell_gap(x, named, top_k))
 
 
 # --- figures ---------------------------------------------------------------------------------------------
@@ -377,85 +378,68 @@ def _signed(claim, sign):
     return [n.layer for n in claim.layers if n.sign == sign]
 
 
-@pytest.mark.claim(id="attn-out-by-position", statement=ATTN_STATEMENT)
-@given(data=st.data())
-def test_named_attention_layers_are_positive_at_the_final_position(model, lab, claim, evidence, data):
-    layers = _signed(claim, "positive")
+def _measured(measure):
+    """``measure`` on the informative prompts only (inconclusive when too few are)."""
+    def on_informative(lab, ps):
+        require_informative_prompts(lab, ps)
+        return measure(lab, ps)
+
+    return on_informative
+
+
+def _signed_layers(claim, verdict, data, sign):
+    layers = _signed(claim, sign)
     if not layers:
-        pytest.skip("the spec names no attention layer positive")
-    prompt_set = lab.draw(data)
-    require_informative_prompts(lab, prompt_set, evidence)
-    judged = lab.judge(Rule(">", 0), prompt_set, lambda lab, ps: final_attention_extreme(lab, ps, layers, "min"),
-                       n_sets=settings().max_examples)
-    record = evidence.record(
-        f"smallest attn_out patching effect at the final position, toward the clean run (mean / mean |clean - "
-        f"corrupted|), among layers {layers} (named positive)",
-        judged.interval, judgement=judged, prompt_set=prompt_set, figures=_attention_figures(lab, prompt_set, claim))
-    assert record.holds, judged.explain(record.describe())
+        pytest.skip(f"the spec names no attention layer {sign}")
+    which, rule = ("min", Rule(">", 0)) if sign == "positive" else ("max", Rule("<=", 0))
+    verdict.judge(data, f"{'smallest' if which == 'min' else 'largest'} attn_out patching effect at the final "
+                        f"position, toward the clean run (mean / mean |clean - corrupted|), among layers {layers} "
+                        f"(named {sign})",
+                  _measured(lambda lab, ps: final_attention_extreme(lab, ps, layers, which)), rule,
+                  figures=lambda lab, ps: _attention_figures(lab, ps, claim))
 
 
 @pytest.mark.claim(id="attn-out-by-position", statement=ATTN_STATEMENT)
 @given(data=st.data())
-def test_named_attention_layers_are_not_positive_at_the_final_position(model, lab, claim, evidence, data):
-    layers = _signed(claim, "not_positive")
-    if not layers:
-        pytest.skip("the spec names no attention layer not_positive")
-    prompt_set = lab.draw(data)
-    require_informative_prompts(lab, prompt_set, evidence)
-    judged = lab.judge(Rule("<=", 0), prompt_set, lambda lab, ps: final_attention_extreme(lab, ps, layers, "max"),
-                       n_sets=settings().max_examples)
-    record = evidence.record(
-        f"largest attn_out patching effect at the final position, toward the clean run (mean / mean |clean - "
-        f"corrupted|), among layers {layers} (named not positive)",
-        judged.interval, judgement=judged, prompt_set=prompt_set, figures=_attention_figures(lab, prompt_set, claim))
-    assert record.holds, judged.explain(record.describe())
-
-
-def _fraction_text(claim):
-    return (f"sum |mean attn_out effect| over layers < {claim.early_until_layer} at the operand digits / sum over all "
-            f"layers at the final position")
+def test_named_attention_layers_are_positive_at_the_final_position(claim, verdict, data):
+    _signed_layers(claim, verdict, data, "positive")
 
 
 @pytest.mark.claim(id="attn-out-by-position", statement=ATTN_STATEMENT)
 @given(data=st.data())
-def test_early_attention_on_the_operands_matters_less_than_the_final_position(model, lab, claim, evidence, data):
-    prompt_set = lab.draw(data)
-    require_informative_prompts(lab, prompt_set, evidence)
-    judged = lab.judge(Rule("<=", claim.max_operand_fraction, "max_operand_fraction"), prompt_set,
-                       lambda lab, ps: operand_attention_fraction(lab, ps, claim.early_until_layer),
-                       n_sets=settings().max_examples)
-    record = evidence.record(_fraction_text(claim), judged.interval, judgement=judged, prompt_set=prompt_set,
-                             figures=_attention_figures(lab, prompt_set, claim))
-    assert record.holds, judged.explain(record.describe())
+def test_named_attention_layers_are_not_positive_at_the_final_position(claim, verdict, data):
+    _signed_layers(claim, verdict, data, "not_positive")
 
 
 @pytest.mark.claim(id="attn-out-by-position", statement=ATTN_STATEMENT)
 @given(data=st.data())
-def test_early_attention_on_the_operands_matters_at_all(model, lab, claim, evidence, data):
-    """'Slightly matter': the fraction is above 0. A sum of magnitudes of means is above 0 unless every early
-    attention effect at the operands is exactly 0 (e.g. an early attention layer that writes nothing), so this
-    refutes only such a model; how much they matter is bounded by the test above."""
-    prompt_set = lab.draw(data)
-    require_informative_prompts(lab, prompt_set, evidence)
-    judged = lab.judge(Rule(">", 0), prompt_set,
-                       lambda lab, ps: operand_attention_fraction(lab, ps, claim.early_until_layer),
-                       n_sets=settings().max_examples)
-    record = evidence.record(_fraction_text(claim), judged.interval, judgement=judged, prompt_set=prompt_set,
-                             figures=_attention_figures(lab, prompt_set, claim))
-    assert record.holds, judged.explain(record.describe())
+def test_early_attention_on_the_operands_matters_less_than_the_final_position(claim, verdict, data):
+    verdict.judge(data, _fraction_text(claim),
+                  _measured(lambda lab, ps: operand_attention_fraction(lab, ps, claim.early_until_layer)),
+                  Rule("<=", claim.max_operand_fraction, "max_operand_fraction"),
+                  figures=lambda lab, ps: _attention_figures(lab, ps, claim))
+
+
+@pytest.mark.claim(id="attn-out-by-position", statement=ATTN_STATEMENT)
+@given(data=st.data())
+def test_early_attention_on_the_operands_matters_at_all(claim, verdict, data):
+    """'Slightly matter': the early layers' attention effect at the operands, summed and signed toward the clean
+    run, has an interval that excludes 0. (A sum of magnitudes would be above 0 for any noise at all.)"""
+    verdict.judge(data, f"sum of attn_out effects over layers < {claim.early_until_layer} at the operand digits, "
+                        f"toward the clean run (mean / mean |clean - corrupted|)",
+                  _measured(lambda lab, ps: operand_attention_toward_clean(lab, ps, claim.early_until_layer)),
+                  Rule("excludes", 0), figures=lambda lab, ps: _attention_figures(lab, ps, claim))
 
 
 @pytest.mark.claim(id="mlp-out-by-position", statement=MLP_STATEMENT)
 @given(data=st.data())
-def test_named_mlp_cells_rank_in_top_k(model, lab, claim, evidence, data):
-    prompt_set = lab.draw(data)
-    judged = lab.judge(Rule("<=", claim.top_k, "top_k"), prompt_set,
-                       lambda lab, ps: worst_cell_rank(lab, ps, claim.cells), n_sets=settings().max_examples)
+def test_named_mlp_cells_rank_in_top_k(claim, verdict, data):
     names = [f"MLP{c.layer}@{c.position}" for c in claim.cells]
-    record = evidence.record(
-        f"worst rank by |mean mlp_out patching effect| among {names} (of all layer x position cells)", judged.interval,
-        judgement=judged, prompt_set=prompt_set, figures=_mlp_figures(lab, prompt_set, claim))
-    assert record.holds, judged.explain(record.describe())
+    verdict.judge(data, f"smallest gap |mean mlp_out patching effect| of {names} minus that of the best cell ranked "
+                        f"beyond top_k of all layer x position cells (> 0: every named cell is in the top "
+                        f"{claim.top_k})",
+                  lambda lab, ps: mlp_cell_gap(lab, ps, claim.cells, claim.top_k), Rule(">", 0),
+                  figures=lambda lab, ps: _mlp_figures(lab, ps, claim))
 
 
 # --- discovery -------------------------------------------------------------------------------------------
@@ -466,78 +450,81 @@ def _early_until(n_layers: int) -> int:
     return max(1, n_layers // 6)
 
 
-def _fmt(interval) -> str:
-    return f"{float(interval.estimate):.3g} [{float(interval.low):.3g}, {float(interval.high):.3g}]"
-
-
 @drafts("attn-out-by-position")
 def _draft_attention(ctx: DraftContext):
-    """Name every layer whose attention effect at the final position (toward the clean run) excludes 0 with one
-    sign on every set ('positive' above, 'not_positive' below); bound the early operand fraction ``margin`` above its
-    largest CI high, and state the claim only when that fraction's CI low is above 0 on every set too."""
+    """Name every layer whose attention effect at the final position (toward the clean run) keeps one sign on every
+    draft set (95% intervals) and clears 0 by the design margin on the held-out sets ('positive' above,
+    'not_positive' below); bound the early operand fraction from the held-out sets, and state the claim only
+    when the early operand effect clears 0 there too (its 'matters at all' test)."""
     try:
-        per_layer = ctx.intervals(final_attention_by_layer)  # one interval of [layer] per set
+        per_layer = ctx.intervals(final_attention_by_layer)  # one interval of [layer] per draft set
     except (PositionError, TooFewPromptsError) as error:
         return None, f"not stated: {error}"
     lows = [min(float(i.low[layer]) for i in per_layer) for layer in range(ctx.n_layers)]
     highs = [max(float(i.high[layer]) for i in per_layer) for layer in range(ctx.n_layers)]
-    named = tuple(SignedLayer(Layer(layer), "positive" if lows[layer] > 0 else "not_positive")
-                  for layer in range(ctx.n_layers) if lows[layer] > 0 or highs[layer] < 0)
     spans = [f"L{layer} [{lows[layer]:.3g}, {highs[layer]:.3g}]" for layer in range(ctx.n_layers)]
+    named = []
+    for layer in range(ctx.n_layers):
+        if not (lows[layer] > 0 or highs[layer] < 0):
+            continue
+        sign, which, kind = ("positive", "min", ">") if lows[layer] > 0 else ("not_positive", "max", "<=")
+        if ctx.supports(kind, lambda lab, ps, layer=layer, which=which: _informative_extreme(lab, ps, [layer], which),
+                        0.0, f"L{layer} {sign}"):
+            named.append(SignedLayer(Layer(layer), sign))
     if not named:
         return None, (f"not stated: no attention layer's effect at the final position (toward the clean run) keeps "
-                      f"one sign on every set (lowest CI low, highest CI high per layer): {spans}")
+                      f"one sign on every draft set and clears 0 on the held-out sets (lowest CI low, highest CI high "
+                      f"per layer on the draft sets): {spans}")
     early = _early_until(ctx.n_layers)
 
     def fraction(lab, ps):
         return operand_attention_fraction(lab, ps, early)
 
-    fractions = ctx.intervals(fraction)
-    if not all(float(i.low) > 0 for i in fractions):
-        return None, (f"not stated: early (layers < {early}) attention at the operands does not matter at all on "
-                      f"some set: fraction {[_fmt(i) for i in fractions]}")
-    measured = [fraction]
-    for sign, which in (("positive", "min"), ("not_positive", "max")):
-        layers = [n.layer for n in named if n.sign == sign]
-        if layers:
-            measured.append(lambda lab, ps, layers=layers, which=which: final_attention_extreme(lab, ps, layers, which))
+    if not ctx.supports("excludes", lambda lab, ps: operand_attention_toward_clean(lab, ps, early), 0.0,
+                        "early operand effect"):
+        return None, (f"not stated: the early (layers < {early}) attention effect at the operands does not clear 0 "
+                      f"on the held-out sets ({ctx.log[ctx.claim_id]['early operand effect']})")
     claim = AttnOutByPositionClaim(
-        tolerance=max(ctx.tolerance(m) for m in measured), layers=named, early_until_layer=LayerBound(early),
-        max_operand_fraction=ctx.rule("<=", fractions).threshold)
-    return claim, (f"final-position effect toward the clean run (lowest CI low, highest CI high per layer): {spans}; "
-                   f"early operand fraction per set: {[_fmt(i) for i in fractions]}")
+        tolerance=ctx.tolerance(fraction), layers=tuple(named), early_until_layer=LayerBound(early),
+        max_operand_fraction=ctx.rule("<=", fraction, "max_operand_fraction").threshold)
+    return claim, f"final-position effect toward the clean run on the draft sets: {spans}"
+
+
+def _informative_extreme(lab, ps, layers, which):
+    require_informative_prompts(lab, ps)
+    return final_attention_extreme(lab, ps, layers, which)
 
 
 @drafts("mlp-out-by-position")
 def _draft_mlp(ctx: DraftContext):
-    """Name the top cells (an MLP layer at 'a', 'b' or 'final'; up to ``n_heads_named``) by their worst
-    point-estimate rank over the sets, each only if its rank's CI high stays within ``max_rank_fraction`` of
-    all cells on every set; ``top_k`` is the worst CI high + ``rank_margin``."""
+    """Name the top cells (an MLP layer at 'a', 'b' or 'final') by |mean mlp_out effect| on the draft sets, as many
+    (up to ``n_heads_named``) as the held-out sets support: the gap between the weakest named cell and the best
+    cell beyond ``top_k`` clears 0 by the design margin, with the smallest such ``top_k``."""
     try:
         positions = [positions_of(ctx.lab, ps) for ps in ctx.sets]
     except PositionError as error:
         return None, f"not stated: {error}"
-    effects = [ctx.lab.effects(ctx.lab.patch(ps, "mlp_out")) for ps in ctx.sets]
-    n_cells = min(e.shape[0] * e.shape[1] for e in effects)
+    effects = [ctx.lab.effects(ctx.lab.patch(ps, "mlp_out")).mean(-1).abs() for ps in ctx.sets]
+    n_cells = min(e.numel() for e in effects)
     bound = max(1, int(ctx.options.max_rank_fraction * n_cells))
     candidates = [NamedCell(Layer(layer), name) for layer in range(ctx.n_layers) for name in POSITION_NAMES]
-    point = {c: max(float(worst_rank(e, [(c.layer, p.of(c.position))])) for e, p in zip(effects, positions))
-             for c in candidates}
-    order = sorted(candidates, key=lambda c: (point[c], c.layer, POSITION_NAMES.index(c.position)))
-    cells, worst, dropped = [], [], []
-    for cell in order[: ctx.options.n_heads_named]:
-        ranks = ctx.intervals(lambda lab, ps, cell=cell: worst_cell_rank(lab, ps, [cell]))
-        high = max(float(i.high) for i in ranks)
-        if high <= bound:
-            cells.append(cell)
-            worst.append(high)
-        else:
-            dropped.append(f"MLP{cell.layer}@{cell.position} (rank CI high {high:.0f})")
-    note = f"cells not named, ranked beyond {bound} of {n_cells}: {dropped}" if dropped else ""
-    if not cells:
-        return None, "not stated: " + (note or "no MLP cell ranks consistently")
-    spreads = [i for cell in cells for i in ctx.intervals(lambda lab, ps, cell=cell: worst_cell_rank(lab, ps, [cell]),
-                                                          spread=True)]
-    claim = MlpOutByPositionClaim(tolerance=float(math.ceil(width_of(spreads))),
-                                  top_k=math.ceil(max(worst)) + ctx.options.rank_margin, cells=tuple(cells))
-    return claim, note
+    size = {c: sum(float(e[c.layer, list(p.of(c.position))].max()) for e, p in zip(effects, positions)) / len(effects)
+            for c in candidates}
+    order = sorted(candidates, key=lambda c: (-size[c], c.layer, POSITION_NAMES.index(c.position)))
+    best = None
+    for j in range(1, min(ctx.options.n_heads_named, bound) + 1):
+        cells = tuple(order[:j])
+        for k in range(j, bound + 1):
+            if ctx.supports(">", lambda lab, ps, cells=cells, k=k: mlp_cell_gap(lab, ps, cells, k), 0.0,
+                            f"top {j} cells in top_k={k}"):
+                best = (cells, k)
+                break
+    if best is None:
+        return None, (f"not stated: no MLP cell's |effect| exceeds that of the cell ranked beyond k (k <= {bound} of "
+                      f"{n_cells}) by the design margin on the held-out sets")
+    cells, k = best
+    ctx.log[ctx.claim_id] = {}
+    ctx.supports(">", lambda lab, ps: mlp_cell_gap(lab, ps, cells, k), 0.0, "top_k")
+    claim = MlpOutByPositionClaim(tolerance=ctx.tolerance(lambda lab, ps: mlp_cell_gap(lab, ps, cells, k)),
+                                  top_k=k, cells=cells)
+    return claim, ""

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from circuit.decision import Rule
@@ -104,45 +104,44 @@ def _table(lab, ps, stop: bool):
 
 @pytest.mark.claim(id="task-accuracy", statement=STATEMENT)
 @given(data=st.data())
-def test_greedy_decoding_writes_the_product(model, lab, claim, evidence, data):
+def test_greedy_decoding_writes_the_product(claim, verdict, data):
     if claim.min_exact_match is None:
         pytest.skip("the spec states no min_exact_match for task-accuracy")
-    prompt_set = lab.draw(data)
-    judged = lab.judge(Rule(">=", claim.min_exact_match), prompt_set,
-                       lambda lab, ps: exact_match(lab, ps, claim.stop), n_sets=settings().max_examples)
-    record = evidence.record("fraction of prompts answered exactly by greedy decoding", judged.interval,
-                             judgement=judged, prompt_set=prompt_set, figures=_table(lab, prompt_set, claim.stop))
-    assert record.holds, judged.explain(record.describe())
+    verdict.judge(data, "fraction of prompts answered exactly by greedy decoding",
+                  lambda lab, ps: exact_match(lab, ps, claim.stop), Rule(">=", claim.min_exact_match, "min_exact_match"),
+                  figures=lambda lab, ps: _table(lab, ps, claim.stop), task=False)
 
 
 @pytest.mark.claim(id="task-accuracy", statement=STATEMENT)
 @given(data=st.data())
-def test_the_leading_answer_tokens_are_the_top_prediction(model, lab, claim, evidence, data):
+def test_the_leading_answer_tokens_are_the_top_prediction(claim, verdict, data):
     if claim.min_leading_top1 is None:
         pytest.skip("the spec states no min_leading_top1 for task-accuracy")
-    prompt_set = lab.draw(data)
     k = claim.leading_tokens
-    judged = lab.judge(Rule(">=", claim.min_leading_top1), prompt_set,
-                       lambda lab, ps: leading_top1(lab, ps, k, claim.stop), n_sets=settings().max_examples)
-    record = evidence.record(f"fraction of the first {k} answer tokens that are the top prediction", judged.interval,
-                             judgement=judged, prompt_set=prompt_set, figures=_table(lab, prompt_set, claim.stop))
-    assert record.holds, judged.explain(record.describe())
+    verdict.judge(data, f"fraction of the first {k} answer tokens that are the top prediction",
+                  lambda lab, ps: leading_top1(lab, ps, k, claim.stop),
+                  Rule(">=", claim.min_leading_top1, "min_leading_top1"),
+                  figures=lambda lab, ps: _table(lab, ps, claim.stop), task=False)
 
 
 # --- discovery ----------------------------------------------------------------------------------------
 
 @drafts("task-accuracy")
 def _draft(ctx: DraftContext) -> tuple[TaskAccuracy | None, str]:
-    """State exact match (with stop) where its CI low is at least 0.5 on every set, else the leading two tokens."""
-    exact = ctx.intervals(lambda lab, ps: exact_match(lab, ps, True))
-    leading = ctx.intervals(lambda lab, ps: leading_top1(lab, ps, 2, True))
-    lowest_exact, lowest_leading = min(float(i.low) for i in exact), min(float(i.low) for i in leading)
-    if lowest_exact >= 0.5:
-        return TaskAccuracy(tolerance=ctx.tolerance(lambda lab, ps: exact_match(lab, ps, True)),
-                            min_exact_match=ctx.rule(">=", exact).threshold), ""
-    if lowest_leading >= 0.5:
-        return TaskAccuracy(tolerance=ctx.tolerance(lambda lab, ps: leading_top1(lab, ps, 2, True)),
-                            min_leading_top1=ctx.rule(">=", leading).threshold), (
-            f"exact match not stated: lowest CI low {lowest_exact:.3g} < 0.5")
-    return None, (f"not stated: exact match lowest CI low {lowest_exact:.3g}, leading two tokens top-1 "
-                  f"{lowest_leading:.3g} (both < 0.5)")
+    """State exact match (with stop) where the held-out sets support a threshold of at least 0.5, else the leading
+    two tokens' top-1 rate."""
+    def exact(lab, ps):
+        return exact_match(lab, ps, True)
+
+    def leading(lab, ps):
+        return leading_top1(lab, ps, 2, True)
+
+    rule = ctx.rule(">=", exact, "min_exact_match")
+    if rule.threshold >= 0.5:
+        return TaskAccuracy(tolerance=ctx.tolerance(exact), min_exact_match=rule.threshold), ""
+    not_exact = ctx.log[ctx.claim_id].pop("min_exact_match")
+    rule = ctx.rule(">=", leading, "min_leading_top1")
+    if rule.threshold >= 0.5:
+        return TaskAccuracy(tolerance=ctx.tolerance(leading), min_leading_top1=rule.threshold), (
+            f"exact match not stated: {not_exact} (< 0.5)")
+    return None, f"not stated: exact match {not_exact}; leading two tokens top-1 {ctx.log[ctx.claim_id]['min_leading_top1']}"

@@ -8,7 +8,7 @@ Measured over all heads: the correlation of (v + pattern) effects with z effects
 """
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from circuit import measures
@@ -34,27 +34,14 @@ def _figures(lab, prompt_set):
 
 @pytest.mark.claim(id="value-plus-pattern", statement=STATEMENT)
 @given(data=st.data())
-def test_value_plus_pattern_correlates_with_output(model, lab, claim, evidence, data):
-    prompt_set = lab.draw(data)
-    lab.require_task_solved(prompt_set, evidence)
-    judged = lab.judge(Rule(">=", claim.min_correlation), prompt_set,
-                       lambda lab, ps: measures.value_pattern_correlation(lab, ps), n_sets=settings().max_examples)
-    record = evidence.record(
-        "correlation across heads of (v + pattern) with z patching effects", judged.interval, judgement=judged,
-        prompt_set=prompt_set, figures=_figures(lab, prompt_set),
-    )
-    assert record.holds, judged.explain(record.describe())
+def test_value_plus_pattern_correlates_with_output(claim, verdict, data):
+    verdict.judge(data, "correlation across heads of (v + pattern) with z patching effects",
+                  measures.value_pattern_correlation, Rule(">=", claim.min_correlation, "min_correlation"),
+                  figures=_figures)
 
 
 @pytest.mark.claim(id="value-plus-pattern", statement=STATEMENT)
 @given(data=st.data())
-def test_value_plus_pattern_residual_is_small(model, lab, claim, evidence, data):
-    prompt_set = lab.draw(data)
-    lab.require_task_solved(prompt_set, evidence)
-    judged = lab.judge(Rule("<=", claim.max_residual), prompt_set,
-                       lambda lab, ps: measures.value_pattern_residual(lab, ps), n_sets=settings().max_examples)
-    record = evidence.record(
-        "largest |v + pattern - z| over heads, as a fraction of (clean - corrupted)", judged.interval,
-        judgement=judged, prompt_set=prompt_set, figures=_figures(lab, prompt_set),
-    )
-    assert record.holds, judged.explain(record.describe())
+def test_value_plus_pattern_residual_is_small(claim, verdict, data):
+    verdict.judge(data, "largest |v + pattern - z| over heads, as a fraction of (clean - corrupted)",
+                  measures.value_pattern_residual, Rule("<=", claim.max_residual, "max_residual"), figures=_figures)
