@@ -57,7 +57,7 @@ class DiscoveryOptions:
 
     prompts: PromptSpec
     statistics: StatisticsSpec = StatisticsSpec(level=0.95, n_resamples=1000)
-    n_prompt_sets: int = 3
+    n_prompt_sets: int = 4
     """Prompt sets in each half: chosen on one half, stated from the other."""
     n_sets: int = 50
     """Prompt sets a claim test is judged on under the most demanding profile (hypothesis' ``thorough``:
@@ -191,19 +191,19 @@ def discover(model: Any, options: DiscoveryOptions, *, match: Sequence[str]) -> 
     from_layer = 0 if late is None else late
     ratio = ctx.for_claim("mlp-over-attention")
     try:
-        rules = [ratio.rule(">", lambda lab, ps, m=method: measures.mlp_attention_ratio(lab, ps, m, from_layer),
-                            f"min_ratio ({method})") for method in ("activation", "attribution")]
+        rules = [ratio.rule(">", lambda lab, ps, m=method: measures.mlp_attention_share(lab, ps, m, from_layer),
+                            f"MLP share ({method})") for method in ("activation", "attribution")]
         lowest = min(r.threshold for r in rules)
-        if lowest >= 1.0:
+        if lowest >= 0.5:  # a share of 1/2 is a ratio of 1
             claims["mlp-over-attention"] = MlpOverAttentionClaim(
-                tolerance=ratio.tolerance(lambda lab, ps: measures.mlp_attention_ratio(lab, ps, "activation",
+                tolerance=ratio.tolerance(lambda lab, ps: measures.mlp_attention_share(lab, ps, "activation",
                                                                                        from_layer)),
-                from_layer=from_layer, min_ratio=lowest)
+                from_layer=from_layer, min_ratio=floor_to(lowest / (1 - lowest), options.grid) if lowest < 1 else 1e6)
         else:
-            notes["mlp-over-attention"] = (f"not stated: sum|MLP| / sum|attention| from layer {from_layer}: the held-out "
-                                           f"sets support no threshold of at least 1 ({lowest:g})")
-    except NonFiniteError as error:  # a resample whose attention effects are all 0
-        notes["mlp-over-attention"] = f"not stated: sum|MLP| / sum|attention| from layer {from_layer}: {error}"
+            notes["mlp-over-attention"] = (f"not stated: the MLP share of sum |effect| from layer {from_layer}: the "
+                                           f"held-out sets support no share of at least 1/2 ({lowest:g})")
+    except NonFiniteError as error:  # a resample whose effects are all 0
+        notes["mlp-over-attention"] = f"not stated: the MLP share from layer {from_layer}: {error}"
 
     named, note = _named_heads(ctx.for_claim("named-heads"), options, n_layers, n_heads)
     if named is not None:
@@ -382,6 +382,8 @@ def _bad_arguments(args: argparse.Namespace, min_prompts: int) -> str | None:
                 f"prompts (16 is the default).")
     if args.min_size > args.max_size:
         return f"--min-size {args.min_size} is larger than --max-size {args.max_size}."
+    if args.budget is not None and args.budget < args.max_size:
+        return f"--budget {args.budget} is below --max-size {args.max_size}: a set grows up to the budget."
     if args.prompt_sets < 1:
         return f"--prompt-sets {args.prompt_sets}: measure at least 1 prompt set (5 is the default)."
     return None
@@ -402,6 +404,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-size", type=int, default=16)
     parser.add_argument("--metric", default="first_differing_token", choices=["seed", "first_differing_token"])
     parser.add_argument("--corruptions", nargs="+", default=["same_length"], choices=["same_length", "reversed"])
+    parser.add_argument("--budget", type=int, default=None,
+                        help="most prompts a claim test measures one set on (default: 4 x --max-size)")
     parser.add_argument("--prompt-sets", type=int, default=DiscoveryOptions.n_prompt_sets,
                         help="prompt sets in each half (chosen on one half, stated from the other)")
     parser.add_argument("--claims-dir", type=Path, default=Path("claims"),
@@ -427,7 +431,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelLoadError as error:
         parser.error(f"--model: {error}")
     prompts = PromptSpec(min_size=args.min_size, max_size=args.max_size, min_digits=args.min_digits,
-                         max_digits=args.max_digits, corruptions=tuple(args.corruptions), metric=args.metric)
+                         max_digits=args.max_digits, corruptions=tuple(args.corruptions), metric=args.metric,
+                         budget=args.budget)
     options = DiscoveryOptions(prompts=prompts, n_prompt_sets=args.prompt_sets)
     draft = discover(model, options, match=args.match or [Path(args.model).name])
     text = render_spec(draft, header=(

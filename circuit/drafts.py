@@ -45,28 +45,34 @@ class Measured:
 
     kind: str
     estimate: float
-    """Mean of the held-out sets' estimates."""
-    low: float
-    high: float
-    """The lowest CI low and highest CI high of the held-out sets (at the spec's level)."""
+    """The mean of the held-out sets' estimates."""
+    uncertainty: float
+    """Half the width of the estimate's 95% interval: 1.96 standard errors of the mean over the held-out sets, the
+    larger of the spread of their estimates (sets differ: operand orders, digit positions) and the largest of their
+    bootstrap standard errors, over sqrt(number of sets)."""
     margin: float
-    """Distance from the threshold at which the claim test is supported with the spec's power at the budget."""
+    """Distance from the threshold at which the claim test is supported with the spec's power at the budget (from
+    the noisiest held-out set's standard error, scaled to the budget)."""
     n_sets: int
 
     @property
     def bound(self) -> float:
-        """The tightest threshold the evidence allows: the estimate less (``>=``) or plus (``<=``) the margin."""
-        return self.estimate - self.margin if self.kind in (">=", ">") else self.estimate + self.margin
+        """The tightest threshold the evidence allows: the estimate's interval end on the claim's far side, less
+        (``>=``) or plus (``<=``) the margin."""
+        if self.kind in (">=", ">"):
+            return self.estimate - self.uncertainty - self.margin
+        return self.estimate + self.uncertainty + self.margin
 
     def clears(self, threshold: float) -> bool:
-        """Whether the estimate lies at least the margin beyond ``threshold`` on the claimed side."""
+        """Whether the estimate's interval lies at least the margin beyond ``threshold`` on the claimed side."""
         bound = self.bound
         return {">=": bound >= threshold, ">": bound > threshold, "<=": bound <= threshold, "<": bound < threshold,
-                "excludes": abs(self.estimate - threshold) >= self.margin}[self.kind]
+                "excludes": abs(self.estimate - threshold) - self.uncertainty >= self.margin}[self.kind]
 
     def text(self, threshold: float) -> str:
-        return (f"held-out estimate {self.estimate:.4g} [CI {self.low:.4g}, {self.high:.4g}] over {self.n_sets} sets, "
-                f"margin {self.margin:.3g} -> {self.kind} {threshold:g}")
+        return (f"held-out estimate {self.estimate:.4g} [95% CI {self.estimate - self.uncertainty:.4g}, "
+                f"{self.estimate + self.uncertainty:.4g}] over {self.n_sets} sets, margin {self.margin:.3g} -> "
+                f"{self.kind} {threshold:g}")
 
 
 @dataclass(frozen=True)
@@ -98,20 +104,23 @@ class DraftContext:
 
     def measured(self, kind: str, measure: Any) -> Measured:
         """``measure`` on the held-out sets, with the margin the claim test needs (``circuit.decision``)."""
-        from statistics import NormalDist, median
+        from statistics import NormalDist
 
         from circuit.decision import Rule, Scheme, required_margin
 
         intervals = self.intervals(measure, held_out=True)
         size = min(len(ps.clean) for ps in self.held_out)
         z = NormalDist().inv_cdf(1 - (1 - self.lab.level) / 2)
-        se = median(float(i.high - i.low) / (2 * z) for i in intervals) * math.sqrt(size / self.options.budget)
+        se_at_size = max(float(i.high - i.low) / (2 * z) for i in intervals)  # the noisiest set: every set must pass
+        se = se_at_size * math.sqrt(size / self.options.budget)
         stats = self.options.statistics
         scheme = Scheme(stats.family_level, looks=max(1, self.options.budget // size), power=stats.power,
                         n_sets=self.options.n_sets)
-        return Measured(kind, sum(float(i.estimate) for i in intervals) / len(intervals),
-                        min(float(i.low) for i in intervals), max(float(i.high) for i in intervals),
-                        required_margin(se, scheme, Rule(kind, 0.0)), len(intervals))
+        estimates = [float(i.estimate) for i in intervals]
+        mean = sum(estimates) / len(estimates)
+        spread = math.sqrt(sum((e - mean) ** 2 for e in estimates) / max(1, len(estimates) - 1))
+        uncertainty = z * max(spread, se_at_size) / math.sqrt(len(estimates))
+        return Measured(kind, mean, uncertainty, required_margin(se, scheme, Rule(kind, 0.0)), len(estimates))
 
     def rule(self, kind: str, measure: Any, name: str = "") -> Any:
         """The claims' ``Rule(kind, threshold)`` with the threshold the design margin from the held-out estimate

@@ -16,7 +16,7 @@ __all__ = [
     "head_gap",
     "head_values",
     "top_k_gap",
-    "mlp_attention_ratio",
+    "mlp_attention_share",
     "other_recovery",
     "value_pattern_correlation",
     "value_pattern_residual",
@@ -36,19 +36,23 @@ def other_recovery(lab: Any, ps: Any, late_from_layer: int):
                          lambda r: r[..., late_from_layer:, :-1].flatten(-2).amax(-1))
 
 
-def mlp_attention_ratio(lab: Any, ps: Any, method: str, from_layer: int):
-    """Interval of sum_l |mean MLP effect| / sum_l |mean attention effect| at the final position."""
+def mlp_attention_share(lab: Any, ps: Any, method: str, from_layer: int):
+    """Interval of the MLP share sum_l |mean MLP effect| / (sum_l |mean MLP effect| + sum_l |mean attention
+    effect|) at the final position, layers >= ``from_layer``. "MLP over attention by a ratio r" is a share of at
+    least r / (1 + r); the share is bounded, where the ratio's bootstrap has a tail as long as the attention sum
+    is small."""
     import torch
 
     mlp = lab.effects(lab.patch(ps, "mlp_out", method))[from_layer:, -1]
     attn = lab.effects(lab.patch(ps, "attn_out", method))[from_layer:, -1]
     n = mlp.shape[0]
 
-    def ratio(x):
+    def share(x):
         means = x.mean(-1).abs()
-        return means[..., :n].sum(-1) / means[..., n:].sum(-1)
+        mlp_sum = means[..., :n].sum(-1)
+        return mlp_sum / (mlp_sum + means[..., n:].sum(-1))
 
-    return lab.ci(torch.cat([mlp, attn]), ratio)
+    return lab.ci(torch.cat([mlp, attn]), share)
 
 
 def head_effects(lab: Any, ps: Any):

@@ -347,7 +347,8 @@ class MlpOverAttentionClaim(ClaimSpec):
     from_layer: Layer
     """Only layers from this one on are summed (0: all layers)."""
     min_ratio: float
-    """sum |MLP effect| / sum |attention effect| must exceed this (CI low), by patching and by attribution."""
+    """sum |MLP effect| / sum |attention effect| must exceed this, by patching and by attribution: judged as the MLP
+    share sum |MLP| / (sum |MLP| + sum |attention|), whose CI low must exceed min_ratio / (1 + min_ratio)."""
 
 
 @dataclass(frozen=True)

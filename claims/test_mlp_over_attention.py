@@ -38,10 +38,12 @@ def _figures(lab, prompt_set, method):
 
 
 def _judge(claim, verdict, data, method):
-    verdict.judge(data, f"sum |MLP effect| / sum |attention effect| at the final position, layers "
-                        f"{claim.from_layer}+ ({method} patching)",
-                  lambda lab, ps: measures.mlp_attention_ratio(lab, ps, method, claim.from_layer),
-                  Rule(">", claim.min_ratio, "min_ratio"), figures=lambda lab, ps: _figures(lab, ps, method))
+    share = claim.min_ratio / (1 + claim.min_ratio)  # sum|MLP| / sum|attention| > r  <=>  MLP share > r / (1 + r)
+    verdict.judge(data, f"MLP share sum |MLP effect| / (sum |MLP effect| + sum |attention effect|) at the final "
+                        f"position, layers {claim.from_layer}+ ({method} patching)",
+                  lambda lab, ps: measures.mlp_attention_share(lab, ps, method, claim.from_layer),
+                  Rule(">", round(share, 6), f"min_ratio / (1 + min_ratio), min_ratio = {claim.min_ratio:g}"),
+                  figures=lambda lab, ps: _figures(lab, ps, method))
 
 
 @pytest.mark.claim(id="mlp-over-attention", statement=STATEMENT)

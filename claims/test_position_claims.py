@@ -411,6 +411,11 @@ def test_named_attention_layers_are_not_positive_at_the_final_position(claim, ve
     _signed_layers(claim, verdict, data, "not_positive")
 
 
+def _fraction_text(claim):
+    return (f"sum |mean attn_out effect| over layers < {claim.early_until_layer} at the operand digits / sum over all "
+            f"layers at the final position")
+
+
 @pytest.mark.claim(id="attn-out-by-position", statement=ATTN_STATEMENT)
 @given(data=st.data())
 def test_early_attention_on_the_operands_matters_less_than_the_final_position(claim, verdict, data):
