@@ -244,8 +244,9 @@ class Judgement:
             need = self.prompts_to_decide()
             more = (f"about {need} prompts per set would likely decide it" if need else
                     "no number of prompts is likely to decide it (the estimate sits on the threshold)")
-            lines.append(f"INCONCLUSIVE: the interval straddles the threshold; {more} (the spec's [prompts] budget "
-                         f"is {self.looks[-1].n_prompts if self.looks else '?'} here).")
+            lines.append(f"INCONCLUSIVE: the interval straddles the threshold; {more} (this set was measured on "
+                         f"{self.looks[-1].n_prompts if self.looks else '?'}: raise [prompts] budget, or the claim's "
+                         f"effect is smaller than stated).")
         elif self.verdict is Verdict.REFUTED:
             lines.append("REFUTED: the interval lies wholly on the other side of the threshold.")
         if self.history:

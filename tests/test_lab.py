@@ -44,24 +44,28 @@ def constant_per_head(means, n_prompts=8):
     return torch.tensor(means, dtype=torch.float64)[..., None].expand(*torch.tensor(means).shape, n_prompts)
 
 
-def test_a_head_ranks_by_its_magnitude_among_distinct_effects():
-    lab = FixedHeads(constant_per_head([[0.1, -3.0], [2.0, 0.5]]))
-    assert float(measures.worst_head_rank(lab, None, heads("L0H1"), "z_patching").high) == 1
-    assert float(measures.worst_head_rank(lab, None, heads("L1H0"), "z_patching").high) == 2
-    assert float(measures.worst_head_rank(lab, None, heads("L0H1", "L0H0"), "z_patching").high) == 4
+def _gap(lab, labels, top_k):
+    return float(measures.head_gap(lab, None, heads(*labels), "z_patching", top_k).estimate)
 
 
-def test_all_zero_effects_rank_last_not_first():
+def test_a_named_head_is_compared_with_the_best_head_beyond_top_k():
+    lab = FixedHeads(constant_per_head([[0.1, -3.0], [2.0, 0.5]]))  # magnitudes 3, 2, 0.5, 0.1
+    assert _gap(lab, ["L0H1"], 1) == pytest.approx(3.0 - 2.0)
+    assert _gap(lab, ["L1H0"], 2) == pytest.approx(2.0 - 0.5)
+    assert _gap(lab, ["L1H0"], 1) == pytest.approx(2.0 - 2.0)  # ranked 2nd: not beyond the best head ranked 2nd
+    assert _gap(lab, ["L0H1", "L0H0"], 2) == pytest.approx(0.1 - 0.5)  # the weakest named head decides: below 0
+
+
+def test_all_zero_effects_give_no_gap():
     lab = FixedHeads(torch.zeros(3, 4, 8, dtype=torch.float64))
-    rank = measures.worst_head_rank(lab, None, heads("L0H0"), "z_patching")
-    assert float(rank.low) == float(rank.high) == 12  # tied with all 12 heads: nothing says it is first
+    gap = measures.head_gap(lab, None, heads("L0H0"), "z_patching", 3)
+    assert float(gap.low) == float(gap.high) == 0  # tied with every head: nothing says it is in the top 3
 
 
-def test_tied_heads_share_the_pessimistic_rank():
-    lab = FixedHeads(constant_per_head([[5.0, -5.0, 1.0], [0.0, 0.0, 0.0]]))
-    assert float(measures.worst_head_rank(lab, None, heads("L0H0"), "z_patching").high) == 2  # tied with L0H1 for first
-    assert float(measures.worst_head_rank(lab, None, heads("L0H2"), "z_patching").high) == 3
-    assert float(measures.worst_head_rank(lab, None, heads("L1H1"), "z_patching").high) == 6
+def test_top_k_must_leave_a_head_beyond_it():
+    lab = FixedHeads(constant_per_head([[5.0, -5.0], [1.0, 0.0]]))
+    with pytest.raises(ValueError, match=r"top_k=4 with 4 components: every component is in the top 4"):
+        measures.head_gap(lab, None, heads("L0H0"), "z_patching", 4)
 
 
 def test_claim_intervals_need_the_spec_s_minimum_of_prompts():
@@ -80,7 +84,7 @@ def test_a_claim_statistic_over_values_that_are_not_finite_fails_with_the_reason
     values[1, 0, 3] = float("nan")
     with pytest.raises(NonFiniteError, match=r"^Values to bootstrap over 8 prompts are not finite: 1 NaN and 0 "
                                              r"infinite of 32 \(shape \(2, 2, 8\), first at index \(1, 0, 3\)\)"):
-        measures.worst_head_rank(FixedHeads(values), None, heads("L0H0"), "z_patching")
+        measures.head_gap(FixedHeads(values), None, heads("L0H0"), "z_patching", 1)
 
 
 class FixedMetric(Lab):
@@ -118,23 +122,19 @@ def _interval(low, high):
     return Interval(torch.tensor((low + high) / 2), torch.tensor(low), torch.tensor(high), 0.95)
 
 
-def test_a_failing_set_is_re_tested_with_other_resamples_at_the_per_set_level():
-    from circuit.decision import FamilyWise, Rule
+def test_a_claim_is_judged_at_the_look_level_and_stops_at_the_first_decided_look():
+    from circuit.decision import Rule, Verdict
 
     lab, seen = FixedHeads(None), []
 
-    def measure(lab, ps):  # fails on the first resamples, passes on the others
-        seen.append((lab.level, lab.n_resamples, lab.seed))
-        return _interval(0.1, 0.5) if lab.seed == 0 else _interval(0.3, 0.9)
+    def measure(lab, ps):
+        seen.append((round(lab.level, 6), lab.expand))
+        return _interval(0.85, 0.95)
 
-    judged = lab.judge(Rule(">=", 0.8), "prompts", measure, n_sets=50, fresh_prompts=False)
-    scheme = FamilyWise(lab.spec.statistics.family_level, 50)
-    assert seen == [(scheme.level, 10_000, 0), (scheme.level, 10_000, 1)]
-    assert judged.holds and "the failure did NOT reproduce" in judged.reproduced
-    assert "Bonferroni over 50 sets" in judged.threshold
-
-    always = lab.judge(Rule(">=", 0.8), "prompts", lambda lab, ps: _interval(0.1, 0.5), n_sets=3,
-                       fresh_prompts=False)
-    assert not always.holds and "the failure reproduced" in always.explain("described")
-    passing = lab.judge(Rule(">=", 0.8), "prompts", lambda lab, ps: _interval(0.1, 0.9), n_sets=3)
-    assert passing.holds and passing.reproduction is None
+    judged = lab.judge(Rule(">=", 0.8), Prompts(), measure, n_sets=50)
+    looks = lab.spec.prompts.prompt_budget // 8
+    assert seen == [(round(1 - 2 * lab.spec.statistics.family_level / looks, 6), True)]
+    assert judged.verdict is Verdict.SUPPORTED and judged.holds
+    refuted = lab.judge(Rule(">=", 0.8), Prompts(), lambda lab, ps: _interval(0.1, 0.5), n_sets=3)
+    assert refuted.verdict is Verdict.REFUTED and len(refuted.looks) == 1
+    assert "REFUTED: the interval lies wholly on the other side" in refuted.explain("described")
