@@ -2,7 +2,8 @@
 
 ``python -m pytest <claim files> --model A --model B ... --claims-spec S --claims-reports DIR`` judges every
 model under one spec, each model loaded once; the outcome of each claim test is then read from
-``DIR/evidence/<label>.json`` (``circuit.evidence``), where the label is the model folder's name.
+``DIR/evidence/<label>.json`` (``circuit.evidence``), where the label is the model folder's name. The HTML
+report is left out (``-p no:html``): its figures cost time and nobody reads a mutant's report.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def run_claims(models: Sequence[str | Path], spec: str | Path, reports: str | Pa
     """Run the claim ``files`` on ``models`` under ``spec`` from the repository ``root``; outcomes per model
     label (the folder's name)."""
     command = [sys.executable, "-m", "pytest", *map(str, files), "-p", "no:cacheprovider", "-q", "--no-header",
-               "--claims-spec", str(spec), "--claims-reports", str(reports)]
+               "-p", "no:html", "--claims-spec", str(spec), "--claims-reports", str(reports)]
     for model in models:
         command += ["--model", str(model)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(
