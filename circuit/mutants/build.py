@@ -118,11 +118,14 @@ def build_mutants(folder: str | Path, spec: Any, tests: Sequence[Any], workdir: 
                         preserves_function=True), model)
     if "ablation" in kinds:
         for component in sorted({n.component for n in named}):
+            must = should_kill(tests, spec, component.contains)
+            if not must:  # an ablation scores only the tests naming it: none runs here
+                plan.notes.append(f"ablate {component.label}: no claim test run here names it; not built")
+                continue
             model = load_hf(folder)
             ablate(model, component.kind, component.layer, component.head)
-            label = component.label.replace(" ", "-")
-            save(Mutant(f"ablate-{label}", "ablation", f"{component.label} output zeroed",
-                        should_kill(tests, spec, component.contains)), model)
+            save(Mutant(f"ablate-{component.label.replace(' ', '-')}", "ablation", f"{component.label} output zeroed",
+                        must), model)
     if "random" in kinds:
         save(Mutant(f"random-{seed}", "random", f"random weights of the same config (seed {seed})",
                     frozenset(t.name for t in tests if t.claim_id not in IDENTITIES)), random_weights(folder, seed))
