@@ -117,13 +117,17 @@ def score(mutants: Iterable[Mutant], original: Mapping[str, Outcome], outcomes: 
 
 
 def render_table(result: Score) -> str:
-    """A markdown table: per claim test, should-kill / killed / missed / false kills, with totals."""
+    """A markdown table: per claim test, should-kill / killed / missed / false kills, with totals (tests that
+    skipped everywhere are listed below it), then each mutant's counts."""
     def names(ids: list[str]) -> str:
         return ", ".join(ids) or "-"
 
     lines = ["| claim | test | original | should kill | killed | missed | false kills |",
              "|---|---|---|---|---|---|---|"]
+    unscored = [t for t in result.tests if t.original == "skipped" and not (t.should_kill or t.false_kills or t.other_kills)]
     for t in result.tests:
+        if t in unscored:
+            continue
         lines.append(f"| {t.claim_id} | {t.test} | {t.original} | {len(t.should_kill)} | {len(t.killed)} | "
                      f"{names(t.missed)} | {names(t.false_kills)} |")
     totals = result.totals
@@ -132,6 +136,9 @@ def render_table(result: Score) -> str:
     def count(mutant_id: str, column: str) -> int:
         return sum(mutant_id in getattr(t, column) for t in result.tests)
 
+    if unscored:
+        lines += ["", f"Not scored ({len(unscored)} claim tests skipped on the original and on every mutant): "
+                  + ", ".join(t.test for t in unscored)]
     lines += ["", "Mutants (should kill / killed / false kills, over the tests scored on it):"]
     lines += [f"- `{m.id}` ({m.kind}): {m.description}: {count(m.id, 'should_kill')} / {count(m.id, 'killed')} / "
               f"{count(m.id, 'false_kills')}" for m in result.mutants]
