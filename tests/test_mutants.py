@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuit.mutants.build import merge_spec_mutants, should_kill
-from circuit.mutants.reads import ClaimTest, claim_tests
+from circuit.mutants.build import merge_spec_mutants, should_kill, spec_should_kill
+from circuit.mutants.reads import claim_tests
 from circuit.mutants.scoring import Mutant, is_killed, render_table, score
 from circuit.mutants.specs import Component, named_components, spec_mutants
 from circuit.mutants.weights import (MutantError, ablate, group_permutation, load_hf, max_logit_difference,
@@ -137,7 +137,9 @@ def test_claim_tests_follow_helpers_and_leave_out_figures(tmp_path):
         "@pytest.mark.claim(id='x', statement='.')\n"
         "def test_x(claim, evidence):\n    evidence.record(_pick(claim, 1), claim.top_k, figures=_fig(claim))\n"
         "def test_not_a_claim(claim):\n    claim.heads\n")
-    assert claim_tests(tmp_path) == [ClaimTest("test_x.py", "test_x", "x", frozenset({"heads", "cells", "top_k"}))]
+    (found,) = claim_tests(tmp_path)
+    assert (found.file, found.name, found.claim_id) == ("test_x.py", "test_x", "x")
+    assert found.reads == {"heads", "cells", "top_k"} and "layers" not in found.attributes
 
 
 # --- spec mutants ----------------------------------------------------------------------------------------
@@ -200,6 +202,19 @@ def test_spec_mutants_name_the_least_important_alternative_or_flip_the_sign(qwen
         path.write_text(render_spec(Draft(mutant.spec, {})))
         loaded = load_spec(path, n_layers=3, n_heads=4)
         assert [c for c in loaded.claims if loaded.claims[c] != qwen_spec.claims[c]] == [mutant.claim_id]
+
+
+def test_a_flipped_sign_is_left_alone_in_its_field_and_only_sign_tests_must_fail():
+    from circuit.spec import import_claims, load_spec
+
+    import_claims(ROOT / "claims")
+    llama = load_spec(ROOT / "claims" / "specs" / "llama-mult-2d.toml")  # layers 1 and 2 named positive
+    mutants, _ = spec_mutants(llama, FakeImportance())
+    flip = {m.id: m for m in mutants}["spec-attn-out-by-position-layers-1-flip"]
+    assert [(n.layer, n.sign) for n in flip.spec.claims["attn-out-by-position"].layers] == [(2, "not_positive")]
+    assert spec_should_kill(claim_tests(ROOT / "claims"), flip) == {
+        "test_named_attention_layers_are_positive_at_the_final_position",  # skips: no layer is named positive
+        "test_named_attention_layers_are_not_positive_at_the_final_position"}
 
 
 def test_spec_mutants_of_one_claim_go_to_different_rounds(qwen_spec):

@@ -13,7 +13,7 @@ name the changed component (``circuit.mutants.reads``):
   identities (:data:`IDENTITIES`), which hold for any weights.
 - ``spec``: each named entry swapped for the least important alternative, each stated sign flipped
   (``circuit.mutants.specs``), judged on the unchanged model. Must fail: the mutated claim's tests that
-  read the mutated field.
+  read the mutated field (for a flip: and a sign).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 from circuit.mutants.scoring import Mutant
 from circuit.mutants.specs import Component, SpecMutant, named_components, spec_mutants
 
-__all__ = ["IDENTITIES", "KINDS", "Plan", "build_mutants", "merge_spec_mutants", "should_kill"]
+__all__ = ["IDENTITIES", "KINDS", "Plan", "build_mutants", "merge_spec_mutants", "should_kill", "spec_should_kill"]
 
 KINDS = ("relabel", "spec", "ablation", "random")
 IDENTITIES = ("hf-equivalence", "attribution-completeness")
@@ -46,6 +46,13 @@ def should_kill(tests: Sequence[Any], spec: Any, hit: Callable[[Component], bool
     """Claim tests (``circuit.mutants.reads.ClaimTest``) that read a spec entry naming a component ``hit``."""
     fields = {(n.claim_id, n.field) for n in named_components(spec) if hit(n.component)}
     return frozenset(t.name for t in tests if any(t.claim_id == c and f in t.reads for c, f in fields))
+
+
+def spec_should_kill(tests: Sequence[Any], mutant: SpecMutant) -> frozenset[str]:
+    """Claim tests that must fail under a spec mutant: its claim's tests that read the mutated field (and, for
+    a flipped sign, read a sign)."""
+    return frozenset(t.name for t in tests if t.claim_id == mutant.claim_id and mutant.field in t.reads
+                     and (not mutant.reads_sign or "sign" in t.attributes))
 
 
 def merge_spec_mutants(spec: Any, mutants: Sequence[SpecMutant]) -> list[tuple[Any, list[SpecMutant]]]:
@@ -133,6 +140,5 @@ def build_mutants(folder: str | Path, spec: Any, tests: Sequence[Any], workdir: 
         mutants, notes = spec_mutants(spec, importance)
         plan.notes += notes
         for m in mutants:
-            must = frozenset(t.name for t in tests if t.claim_id == m.claim_id and m.field in t.reads)
-            plan.specs.append((Mutant(m.id, "spec", m.description, must, spec_only=True), m))
+            plan.specs.append((Mutant(m.id, "spec", m.description, spec_should_kill(tests, m), spec_only=True), m))
     return plan

@@ -27,6 +27,9 @@ class ClaimTest:
     """The function's name (the ``test`` of its evidence records)."""
     claim_id: str
     reads: frozenset[str]
+    """Fields of the claim's spec entry it reads (``heads``, ``top_k``)."""
+    attributes: frozenset[str] = frozenset()
+    """Every attribute name it reads on the way to its verdict (``sign``: it reads a stated sign)."""
 
 
 def _claim_id(node: ast.FunctionDef) -> str | None:
@@ -40,12 +43,14 @@ def _claim_id(node: ast.FunctionDef) -> str | None:
 
 
 def _reads(function: ast.FunctionDef, parameter: str, functions: dict[str, ast.FunctionDef],
-           seen: set[tuple[str, str]]) -> set[str]:
-    """Fields of ``parameter`` that ``function`` reads, directly or through the module's functions."""
+           seen: set[tuple[str, str]]) -> tuple[set[str], set[str]]:
+    """Fields of ``parameter`` that ``function`` reads, directly or through the module's functions; and every
+    attribute name it reads on the way (``sign`` of an entry, say)."""
     if (function.name, parameter) in seen:
-        return set()
+        return set(), set()
     seen.add((function.name, parameter))
     found: set[str] = set()
+    attributes: set[str] = set()
     skipped: set[int] = set()
     for node in ast.walk(function):
         if isinstance(node, ast.keyword) and node.arg == "figures":
@@ -53,8 +58,10 @@ def _reads(function: ast.FunctionDef, parameter: str, functions: dict[str, ast.F
     for node in ast.walk(function):
         if id(node) in skipped:
             continue
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == parameter:
-            found.add(node.attr)
+        if isinstance(node, ast.Attribute):
+            attributes.add(node.attr)
+            if isinstance(node.value, ast.Name) and node.value.id == parameter:
+                found.add(node.attr)
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in functions:
             callee = functions[node.func.id]
             names = [a.arg for a in callee.args.args]
@@ -62,8 +69,10 @@ def _reads(function: ast.FunctionDef, parameter: str, functions: dict[str, ast.F
             passed += [(k.arg, k.value) for k in node.keywords if k.arg in names]
             for name, value in passed:
                 if isinstance(value, ast.Name) and value.id == parameter:
-                    found |= _reads(callee, name, functions, seen)
-    return found
+                    fields, more = _reads(callee, name, functions, seen)
+                    found |= fields
+                    attributes |= more
+    return found, attributes
 
 
 def claim_tests(folder: str | Path) -> list[ClaimTest]:
@@ -76,6 +85,6 @@ def claim_tests(folder: str | Path) -> list[ClaimTest]:
         for node in functions.values():
             claim_id = _claim_id(node)
             if claim_id is not None and node.name.startswith("test"):
-                reads = _reads(node, "claim", functions, set())
-                found.append(ClaimTest(path.name, node.name, claim_id, frozenset(reads)))
+                reads, attributes = _reads(node, "claim", functions, set())
+                found.append(ClaimTest(path.name, node.name, claim_id, frozenset(reads), frozenset(attributes)))
     return found

@@ -7,9 +7,10 @@ built from each named entry, whose claim tests must then fail on the unchanged m
 
 - *swap*: the entry names the least important alternative component of its kind instead
   (``circuit.mutants.importance``), keeping its sign and ranking;
-- *flip*: a stated sign is reversed (``positive`` <-> ``negative`` / ``not_positive``).
+- *flip*: a stated sign is reversed (``positive`` <-> ``negative`` / ``not_positive``), the entry left alone in
+  its field (so that a test picking the entries of one sign judges the flipped one, not the others).
 
-Only the mutated claim's tests that read the mutated field are expected to fail
+Only the mutated claim's tests that read the mutated field (and, for a flip, a sign) are expected to fail
 (``circuit.mutants.reads``).
 """
 
@@ -80,6 +81,8 @@ class SpecMutant:
     claim_id: str
     field: str
     spec: Any
+    reads_sign: bool = False
+    """Only the tests that read a stated sign must fail (a flip changes nothing else)."""
 
 
 def named_components(spec: Any) -> list[NamedEntry]:
@@ -141,7 +144,10 @@ def spec_mutants(spec: Any, importance: Any) -> tuple[list[SpecMutant], list[str
         sign = getattr(named.entry, "sign", None)
         opposite = FLIPPED.get((named.claim_id, named.field), {}).get(sign)
         if opposite is not None:
-            mutants.append(SpecMutant(f"{stem}-flip", f"{named.claim_id}: {named.label} {sign} -> {opposite}",
-                                      named.claim_id, named.field,
-                                      _with_entry(spec, named, replace(named.entry, sign=opposite))))
+            alone = replace(named, index=0)  # the flipped entry alone: tests that pick entries by sign judge it
+            claim = spec.claims[named.claim_id]
+            only = replace(spec, claims={**spec.claims, named.claim_id: replace(claim, **{named.field: (named.entry,)})})
+            mutants.append(SpecMutant(f"{stem}-flip", f"{named.claim_id}: {named.label} {sign} -> {opposite} "
+                                      f"(the only entry of {named.field})", named.claim_id, named.field,
+                                      _with_entry(only, alone, replace(named.entry, sign=opposite)), reads_sign=True))
     return mutants, notes
