@@ -118,6 +118,14 @@ def test_ablate_refuses_what_it_cannot_zero(kind, layer, head, message):
         ablate(load_hf(QWEN), kind, layer, head)
 
 
+def test_a_relabeling_that_moves_the_logits_is_refused(qwen_spec, tmp_path):
+    from circuit.mutants.build import build_mutants
+
+    with pytest.raises(MutantError, match=r"permuting layer 0's heads \[.*\] changed the logits by .* \(> 0\)"):
+        build_mutants(QWEN, qwen_spec, claim_tests(ROOT / "claims"), tmp_path, kinds=("relabel",), n_prompt_sets=1,
+                      tolerance=0.0)
+
+
 # --- which tests read what -------------------------------------------------------------------------------
 
 
