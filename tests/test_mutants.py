@@ -345,3 +345,12 @@ def test_mutation_test_end_to_end_truth_by_construction(qwen_mutants):
 def test_mutation_test_end_to_end_every_mutant_is_killed(qwen_mutants):
     missed = {t.test: t.missed for t in qwen_mutants.tests if t.missed}
     assert missed == {}, f"claim tests that passed on mutants they should kill: {missed}"
+
+
+def test_the_command_line_refuses_a_model_it_cannot_find(capsys, monkeypatch):
+    from circuit.mutants.cli import main
+
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(SystemExit):
+        main(["--model", "no-such-model"])
+    assert "--model no-such-model: no such folder or bundled model; pass a local model folder" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -103,8 +104,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         folder = resolve_model(args.model, root)
     except FileNotFoundError as error:
         parser.error(str(error))
-    result = mutation_test(folder, spec_path=args.spec, root=root, workdir=args.workdir, kinds=args.kinds,
-                           files=args.files, seed=args.seed, n_prompt_sets=args.prompt_sets)
+    from circuit.mutants.run import ClaimsRunError
+    from circuit.mutants.weights import MutantError
+    from circuit.spec import SpecError
+
+    try:
+        result = mutation_test(folder, spec_path=args.spec, root=root, workdir=args.workdir, kinds=args.kinds,
+                               files=args.files, seed=args.seed, n_prompt_sets=args.prompt_sets)
+    except (SpecError, MutantError) as error:
+        parser.error(str(error))
+    except ClaimsRunError as error:
+        print(f"python -m circuit.mutants: {error}", file=sys.stderr)
+        return 1
     table = render_table(result)
     print(table, end="")
     if args.table:
