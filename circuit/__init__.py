@@ -6,7 +6,8 @@ One concept per module: ``models`` (loading a model as a TransformerLens bridge 
 (bridge vs HF), ``patching`` (activation and attribution patching), ``attribution`` (direct logit
 attribution, logit lens), ``attention`` (attention summaries), ``stats`` (bootstrap intervals), ``spec``
 (claim specs), ``lab`` (the statistics claims are judged on), ``discover`` (drafting a spec),
-``evidence`` (evidence files and baselines), ``report`` (figures), ``evaluation`` (exact-match accuracy).
+``evidence`` (evidence files and baselines), ``report`` (figures), ``evaluation`` (exact-match accuracy),
+``mutants`` (mutation testing of the claims: ``python -m circuit.mutants``).
 """
 
 from circuit.attention import AttentionSummary as AttentionSummary
@@ -36,6 +37,7 @@ from circuit.metrics import LogitDiffMetric as LogitDiffMetric
 from circuit.metrics import LogProbDiffMetric as LogProbDiffMetric
 from circuit.metrics import first_token_logit_diff as first_token_logit_diff
 from circuit.metrics import seed_logit_diff as seed_logit_diff
+from circuit.mutants import mutation_test as mutation_test
 from circuit.metrics import teacher_forced_logprob_diff as teacher_forced_logprob_diff
 from circuit.models import DeviceError as DeviceError
 from circuit.models import DtypeError as DtypeError
