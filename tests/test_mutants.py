@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 QWEN = ROOT / "fixtures" / "models" / "qwen2-mult-2d"
 SPEC = ROOT / "claims" / "specs" / "qwen2-mult-2d.toml"
 
-VERDICTS_MERGED = False
+VERDICTS_MERGED = True
 """Whether the supported / refuted / inconclusive verdicts of issue 20 are in. Until then a claim passes for lack
 of evidence and most mutants survive; set True after the merge, and the end-to-end test asserts that every
 mutant is killed by exactly the tests that should kill it."""
