@@ -48,6 +48,8 @@ __all__ = [
     "UnsafeWeightsError",
     "check_model_folder",
     "check_tokenizer",
+    "fetch_command",
+    "in_hf_cache",
     "load_model",
     "resolve_device",
     "resolve_dtype",
@@ -203,12 +205,37 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
+def fetch_command(name: str, revision: str | None = None) -> str:
+    """The command that downloads hub model ``name`` into the HF cache with the installed huggingface-hub:
+    ``hf download`` (huggingface-hub 0.34 and later) or ``huggingface-cli download`` (earlier)."""
+    import importlib.util
+
+    try:
+        has_hf = importlib.util.find_spec("huggingface_hub.cli.hf") is not None
+    except ImportError:  # no huggingface_hub.cli package: an old huggingface-hub
+        has_hf = False
+    command = "hf download" if has_hf else "huggingface-cli download"
+    return f"{command} {name}" + (f" --revision {revision}" if revision else "")
+
+
+def in_hf_cache(name: str, revision: str | None = None) -> bool:
+    """Whether hub model ``name`` (at ``revision``) has its ``config.json`` in the HF cache; False for a name
+    that is not a valid hub id."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(name, "config.json", revision=revision)
+    except Exception:  # HFValidationError and the like: not a hub id, so not cached
+        return False
+    return isinstance(found, str)
+
+
 def _not_available(name: str, revision: str | None, cause: BaseException) -> ModelNotAvailableError:
     at = f" at revision {revision!r}" if revision else ""
     how = (
         f"Provide it in one of three ways: (1) pass a local folder holding its config.json, tokenizer files "
         f"and *.safetensors weights; (2) download it into the HF cache on a machine with network access, "
-        f"e.g. `huggingface-cli download {name}`{' --revision ' + revision if revision else ''}, and copy "
+        f"e.g. `{fetch_command(name, revision)}`, and copy "
         f"the cache (~/.cache/huggingface/hub) here; (3) unset HF_HUB_OFFLINE on a machine that reaches "
         f"the hub."
     )

@@ -73,6 +73,7 @@ __all__ = [
     "PerDtype",
     "PromptSpec",
     "Spec",
+    "AmbiguousSpecError",
     "SpecError",
     "StatisticsSpec",
     "TaskSolvedClaim",
@@ -90,6 +91,10 @@ _HEAD = re.compile(r"^L(\d+)H(\d+)$")
 
 class SpecError(ValueError):
     """A spec file is malformed or does not fit the model; the message names the file and the key."""
+
+
+class AmbiguousSpecError(SpecError):
+    """More than one spec states a model's claims (:func:`find_spec`): which one counts is the user's choice."""
 
 
 def parse_head(label: str) -> tuple[int, int]:
@@ -742,5 +747,5 @@ def find_spec(model_name: str, spec_dir: str | Path) -> Path:
             f"{'; '.join(catalogue) or 'none'}. Add the model's name to a spec's [model] match, write a spec "
             f"for it, or pass --claims-spec PATH."
         )
-    raise SpecError(f"Several claim specs match model {model_name!r}: {[p.name for p in found]}. Keep one, or "
-                    f"pass --claims-spec PATH.")
+    raise AmbiguousSpecError(f"Several claim specs match model {model_name!r}: {[p.name for p in found]}. Keep "
+                             f"one, or pass --claims-spec PATH.")
