@@ -277,3 +277,70 @@ def test_a_full_disk_keeps_the_last_report_and_says_so_in_one_line(run, small_di
     assert len(lines) == 1 and "No space left on device" in lines[0], text
     assert (reports / "claims-partial.html").read_text() == "the last good report"
     assert not list(reports.glob(".claims-*.tmp"))
+
+
+# --- the model and its task -------------------------------------------------------------------------------------
+
+
+def _copy_model(source: str, folder: Path, **config: object) -> Path:
+    import json
+    import shutil
+
+    shutil.copytree(source, folder)
+    values = json.loads((folder / "config.json").read_text())
+    values.update(config)
+    if "layer_types" in values:  # transformers checks it against num_hidden_layers
+        values["layer_types"] = values["layer_types"][:values["num_hidden_layers"]]
+    (folder / "config.json").write_text(json.dumps(values))
+    return folder
+
+
+def test_weights_with_parameters_the_config_lacks_are_refused(tmp_path, test_model_folder):
+    from circuit.models import ModelFolderError, load_model
+
+    folder = _copy_model(test_model_folder("test-qwen2-2l"), tmp_path / "m", num_hidden_layers=1)
+    with pytest.raises(ModelFolderError, match=r"its weights hold \d+ parameter\(s\) its config's architecture lacks "
+                                               r"\(model\.layers\.1\..*do not match config\.json"):
+        load_model(folder, device="cpu")
+
+
+class MultiDigitTokenizer:
+    """GPT-2 style: runs of up to three digits are one token."""
+
+    unk_token_id = None
+
+    def __init__(self) -> None:
+        self.vocab: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        import re
+
+        return {"input_ids": [self.vocab.setdefault(piece, len(self.vocab))
+                              for piece in re.findall(r" ?\d{1,3}| ?[^\d ]+| ", text)]}
+
+    def decode(self, ids: list[int]) -> str:
+        inverse = {i: piece for piece, i in self.vocab.items()}
+        return "".join(inverse[i] for i in ids)
+
+
+def test_a_tokenizer_with_multi_digit_tokens_is_refused_with_the_reason():
+    from circuit.models import TokenizerError, check_tokenizer
+
+    with pytest.raises(TokenizerError, match=r"puts several digits in one token \('70620 x 99460 =' -> \['706', '20'"
+                                             r".*assume one digit per token"):
+        check_tokenizer(MultiDigitTokenizer(), "gpt2-like")
+
+
+def test_prompts_longer_than_the_context_are_refused_before_any_sweep(run, tmp_path, test_model_folder):
+    folder = _copy_model(test_model_folder("test-qwen2-2l"), tmp_path / "short", max_position_embeddings=16)
+    (tmp_path / "spec.toml").write_text(UNSTATED_SPEC.replace("max_digits = 2", "max_digits = 5")
+                                        .replace("[claims.named-heads]", "[claims.attribution-completeness]\n"
+                                                 "atol = 1e-4\ntolerance = 1e-4\n[claims.named-heads]"))
+    result = run("--model", str(folder), "--claims-spec", str(tmp_path / "spec.toml"), CLAIM)
+    text = "\n".join(result.outlines)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED and "IndexError" not in text, text
+    assert "[prompts] max_digits = 5: its longest problem takes" in text, text
+    assert "more than model 'short''s context of 16; lower [prompts] max_digits to" in text, text
