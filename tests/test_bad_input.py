@@ -344,3 +344,22 @@ def test_prompts_longer_than_the_context_are_refused_before_any_sweep(run, tmp_p
     assert result.ret == pytest.ExitCode.TESTS_FAILED and "IndexError" not in text, text
     assert "[prompts] max_digits = 5: its longest problem takes" in text, text
     assert "more than model 'short''s context of 16; lower [prompts] max_digits to" in text, text
+
+
+def test_operands_outside_the_declared_domain_warn_in_the_terminal_and_the_report(run, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "mult"
+    shutil.copytree(ROOT / "fixtures" / "models" / "qwen2-mult-2d", folder)
+    summary = json.loads((folder / "training_summary.json").read_text())
+    assert summary["domain"].startswith("a x b for 0 <= a, b <= 99")
+    spec = (ROOT / "claims" / "specs" / "qwen2-mult-2d.toml").read_text()
+    (tmp_path / "spec.toml").write_text(spec.replace("max_digits = 2", "max_digits = 3", 1))
+    result = run("--model", str(folder), "--claims-spec", str(tmp_path / "spec.toml"), CLAIM)
+    text = "\n".join(result.outlines)
+    warning = ("draws operands of up to 3 digits (up to 999), but model 'mult' was trained on operands up to 99 "
+               "(its training_summary.json)")
+    assert f"claims: WARNING: {tmp_path / 'spec.toml'} {warning}" in text, text
+    report = (tmp_path / "reports" / "claims-partial.html").read_text()
+    assert warning in report.replace("&#x27;", "'"), "the warning is not in the report"
