@@ -592,7 +592,7 @@ def _build(path: Path, key: str, table: Any, cls: type) -> Any:
                 raise _fail(path, f"{key}.{name}", f"missing field: {_field_doc(cls, name)}")
             continue
         values[name] = _convert(path, f"{key}.{name}", table[name], hints[name])
-        for limit in _ranges(cls, name):
+        for limit in _ranges(cls, name) if values[name] is not None else ():
             problem = limit.problem(values[name])
             if problem:
                 raise _fail(path, f"{key}.{name}", problem)
@@ -605,6 +605,8 @@ def _ranges(cls: type, name: str) -> list[Range]:
         hint = typing.get_type_hints(cls, include_extras=True)[name]
     except NameError:  # pragma: no cover - _hints reported it
         return []
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # ``Fraction | None``
+        hint = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
     if typing.get_origin(hint) is not Annotated:
         return []
     return [m for m in hint.__metadata__ if isinstance(m, Range)]

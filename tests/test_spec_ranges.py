@@ -39,8 +39,14 @@ class UserRanged(ClaimSpec):
     """A fraction threshold."""
     top_k: Rank
     """A rank threshold."""
+    min_exact: Fraction | None = None
+    """An optional fraction threshold."""
 '''
 TABLE = "[claims.user-ranged-claim]\ntolerance = 0.1\nmin_correlation = 0.5\nmin_share = 0.5\ntop_k = 3\n"
+
+
+def line_of(field: str) -> str | None:
+    return next((line for line in TABLE.splitlines() if line.startswith(f"{field} =")), None)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -76,12 +82,14 @@ def test_a_non_finite_tolerance_or_threshold_is_a_spec_error(tmp_path, ranged_cl
     ("min_correlation", "-1.5", r"min_correlation\] is -1\.5, but a correlation lies in \[-1, 1\]"),
     ("min_share", "1.01", r"min_share\] is 1\.01, but a fraction lies in \[0, 1\]"),
     ("top_k", "0", r"top_k\] is 0, but a rank lies in \[1, inf\]"),
-], ids=["correlation-above-1", "correlation-below-minus-1", "fraction-above-1", "rank-below-1"])
+    ("min_exact", "2.0", r"min_exact\] is 2, but a fraction lies in \[0, 1\]"),
+], ids=["correlation-above-1", "correlation-below-minus-1", "fraction-above-1", "rank-below-1", "optional-fraction"])
 def test_a_threshold_outside_its_statistics_range_is_a_spec_error_naming_the_range(tmp_path, ranged_claim, field,
                                                                                    value, message):
-    old = next(line for line in TABLE.splitlines() if line.startswith(f"{field} ="))
+    old = line_of(field)
+    table = TABLE.replace(old, f"{field} = {value}") if old else TABLE + f"{field} = {value}\n"
     with pytest.raises(SpecError, match=r"\[claims\.user-ranged-claim\." + message):
-        load_spec(write(tmp_path, MINIMAL + TABLE.replace(old, f"{field} = {value}")))
+        load_spec(write(tmp_path, MINIMAL + table))
 
 
 def test_the_library_claims_carry_their_ranges(tmp_path):
