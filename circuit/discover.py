@@ -24,6 +24,7 @@ becomes a spec.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -320,8 +321,8 @@ def _top_head_attention_note(lab: Any, sets: Sequence[Any], n_layers: int) -> di
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
+    if isinstance(value, str):  # a JSON string is a TOML basic string: quotes, backslashes, newlines escaped
+        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, float):
         return repr(round(value, 6))
     if isinstance(value, (tuple, list)):
@@ -389,6 +390,21 @@ def _bad_arguments(args: argparse.Namespace, min_prompts: int) -> str | None:
     return None
 
 
+def draft_header(model: str, prompt_sets: int, options: DiscoveryOptions) -> str:
+    """The comment at the top of a draft: how it was made, and that nobody has reviewed it yet."""
+    model = " ".join(str(model).split())  # one line: a name holding a newline stays inside the comment
+    return (f"DRAFT, not reviewed: drafted by `python -m circuit.discover --model {model}`: chosen on {prompt_sets} "
+            f"prompt sets,\nstated from {prompt_sets} held-out sets; each threshold sits the design margin from the "
+            f"held-out\nestimate (power {options.statistics.power} over {options.n_sets} sets at {options.budget} "
+            f"prompts a set, false support <= {options.statistics.family_level}).\nReview every claim against the "
+            f"analysis before shipping this spec.")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import os
 
@@ -416,9 +432,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(problem)
     if not args.claims_dir.is_dir():
         parser.error(f"--claims-dir {args.claims_dir}: no such folder; pass the folder of claim modules (claims/).")
+    if args.out is not None and (args.out.is_dir() or not args.out.parent.is_dir()):
+        parser.error(f"--out {args.out}: " + (f"is a folder; pass a file name, e.g. {args.out / 'draft.toml'}."
+                                             if args.out.is_dir() else
+                                             f"the folder {args.out.parent} does not exist; create it or pass "
+                                             f"another path (checked before the model loads)."))
     from circuit.spec import import_claims
 
-    import_claims(args.claims_dir)
+    try:
+        import_claims(args.claims_dir)
+    except Exception as error:  # a claim module that does not import: its drafter cannot run
+        parser.error(f"--claims-dir {args.claims_dir}: a claim module cannot be imported ({type(error).__name__}: "
+                     f"{_first_line(error)}); fix it, or pass another --claims-dir.")
 
     from circuit.models import ModelLoadError, load_model, resolve_device
 
@@ -435,11 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          budget=args.budget)
     options = DiscoveryOptions(prompts=prompts, n_prompt_sets=args.prompt_sets)
     draft = discover(model, options, match=args.match or [Path(args.model).name])
-    text = render_spec(draft, header=(
-        f"Drafted by `python -m circuit.discover --model {args.model}`: chosen on {args.prompt_sets} prompt sets,\n"
-        f"stated from {args.prompt_sets} held-out sets; each threshold sits the design margin from the held-out\n"
-        f"estimate (power {options.statistics.power} over {options.n_sets} sets at {options.budget} prompts a set, false "
-        f"support <= {options.statistics.family_level})."))
+    text = render_spec(draft, header=draft_header(args.model, args.prompt_sets, options))
     if args.out:
         args.out.write_text(text)
         print(f"wrote {args.out}")

@@ -48,6 +48,7 @@ __all__ = [
     "load_evidence",
     "locked",
     "merge_evidence",
+    "remove_leftovers",
     "spec_sha256",
     "update_baseline",
     "write_evidence",
@@ -242,6 +243,9 @@ def record_from_dict(data: Mapping[str, Any], where: str = "record") -> ClaimEvi
     missing = {"claim_id", "test", "statistic", "estimate"} - set(data)
     if missing:
         raise EvidenceError(f"{where} lacks {sorted(missing)}.")
+    for key in ("claim_id", "test", "statistic"):
+        if not isinstance(data[key], str):
+            raise EvidenceError(f"{where}: {key} = {data[key]!r} is a {type(data[key]).__name__}, not a string.")
     known = set(ClaimEvidence.__dataclass_fields__)
     record = {k: v for k, v in data.items() if k in known}
     for key in ("estimate", "low", "high", "level", "tolerance", "false_support", "tail", "power"):
@@ -258,9 +262,10 @@ def record_from_dict(data: Mapping[str, Any], where: str = "record") -> ClaimEvi
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically: a temporary file in the same folder, then ``os.replace``.
 
-    A reader (or a run interrupted half-way) sees the old file or the new one, never a mixture.
+    A reader (or a run interrupted half-way) sees the old file or the new one, never a mixture. When ``path``
+    is a symbolic link, its target is written (the link is kept).
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path))  # a symlink is written through to its target, and stays a link
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -305,9 +310,23 @@ def locked(path: str | Path) -> Iterator[None]:
     handle = os.open(folder, os.O_RDONLY)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX)
+        remove_leftovers(path)
         yield
     finally:
         os.close(handle)  # closing releases the lock
+
+
+def remove_leftovers(path: str | Path) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_write_text` left beside ``path`` when a process was killed
+    mid-write (``.<name>.*.tmp``). Call it only while holding :func:`locked` (a writer that holds the lock has
+    no temporary file to lose). Returns what was deleted."""
+    target = Path(os.path.realpath(path))
+    removed = []
+    for leftover in {*Path(path).parent.glob(f".{Path(path).name}.*.tmp"), *target.parent.glob(f".{target.name}.*.tmp")}:
+        with contextlib.suppress(OSError):
+            leftover.unlink()
+            removed.append(leftover)
+    return removed
 
 
 def write_evidence(path: str | Path, evidence: EvidenceFile) -> Path:
@@ -351,6 +370,17 @@ def load_evidence(path: str | Path) -> EvidenceFile:
         raise EvidenceError(f"{path} is not an evidence file of format {EVIDENCE_FORMAT} (keys: {keys}). "
                             f"Regenerate it with --update-baseline.")
     claims = tuple(record_from_dict(record, f"{path}: claims[{i}]") for i, record in enumerate(document["claims"]))
+    first: dict[str, int] = {}
+    for i, claim in enumerate(claims):
+        if claim.test in first:
+            raise EvidenceError(f"{path}: claims[{first[claim.test]}] and claims[{i}] are both records of test "
+                                f"{claim.test!r}: the file is damaged. Keep one of them, or restore the file from "
+                                f"version control.")
+        first[claim.test] = i
+    for key in ("library_versions", "run"):
+        if document.get(key) is not None and not isinstance(document[key], dict):
+            raise EvidenceError(f"{path}: {key} is a {type(document[key]).__name__}, not a mapping: the file is "
+                                f"damaged. Restore it from version control, or delete it and write a new one.")
     model = str(document.get("model", "?"))
     if document["format"] == 1:  # format 1 put the revision into the model's label
         model = model.split("@")[0]
@@ -361,9 +391,17 @@ def load_evidence(path: str | Path) -> EvidenceFile:
 
 
 def merge_evidence(old: EvidenceFile | None, new: EvidenceFile) -> EvidenceFile:
-    """``new`` with every record of ``old`` whose test ``new`` did not run kept (old order first)."""
+    """``new`` with every record of ``old`` whose test ``new`` did not run kept (old order first).
+
+    Raises:
+        EvidenceError: ``old`` is the evidence of another model (its records are not this model's).
+    """
     if old is None:
         return new
+    if old.model != new.model:
+        raise EvidenceError(f"the file holds the evidence of model {old.model!r}, not of {new.model!r}: its records "
+                            f"are not merged into another model's. Move the file away, or write to another "
+                            f"folder.")
     fresh = new.by_test()
     merged = [fresh.pop(c.test, c) for c in old.claims]
     return replace(new, claims=(*merged, *fresh.values()))

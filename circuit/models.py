@@ -48,6 +48,8 @@ __all__ = [
     "UnsafeWeightsError",
     "check_model_folder",
     "check_tokenizer",
+    "fetch_command",
+    "in_hf_cache",
     "load_model",
     "resolve_device",
     "resolve_dtype",
@@ -203,12 +205,37 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
+def fetch_command(name: str, revision: str | None = None) -> str:
+    """The command that downloads hub model ``name`` into the HF cache with the installed huggingface-hub:
+    ``hf download`` (huggingface-hub 0.34 and later) or ``huggingface-cli download`` (earlier)."""
+    import importlib.util
+
+    try:
+        has_hf = importlib.util.find_spec("huggingface_hub.cli.hf") is not None
+    except ImportError:  # no huggingface_hub.cli package: an old huggingface-hub
+        has_hf = False
+    command = "hf download" if has_hf else "huggingface-cli download"
+    return f"{command} {name}" + (f" --revision {revision}" if revision else "")
+
+
+def in_hf_cache(name: str, revision: str | None = None) -> bool:
+    """Whether hub model ``name`` (at ``revision``) has its ``config.json`` in the HF cache; False for a name
+    that is not a valid hub id."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(name, "config.json", revision=revision)
+    except Exception:  # HFValidationError and the like: not a hub id, so not cached
+        return False
+    return isinstance(found, str)
+
+
 def _not_available(name: str, revision: str | None, cause: BaseException) -> ModelNotAvailableError:
     at = f" at revision {revision!r}" if revision else ""
     how = (
         f"Provide it in one of three ways: (1) pass a local folder holding its config.json, tokenizer files "
         f"and *.safetensors weights; (2) download it into the HF cache on a machine with network access, "
-        f"e.g. `huggingface-cli download {name}`{' --revision ' + revision if revision else ''}, and copy "
+        f"e.g. `{fetch_command(name, revision)}`, and copy "
         f"the cache (~/.cache/huggingface/hub) here; (3) unset HF_HUB_OFFLINE on a machine that reaches "
         f"the hub."
     )
@@ -321,7 +348,8 @@ _TASK_ANSWER = " 7023865200"
 
 def check_tokenizer(tokenizer: Any, name: str = "the model") -> None:
     """Check that ``tokenizer`` encodes the task: every digit, ``" x"``, ``" ="``, a prompt and an answer
-    encode to known tokens that decode back to the same text (so the ten digits get ten different tokens).
+    encode to known tokens that decode back to the same text (so the ten digits get ten different tokens),
+    and operands and answers take one token per digit.
 
     Raises:
         TokenizerError: naming the model, the first text that fails and how.
@@ -339,6 +367,15 @@ def check_tokenizer(tokenizer: Any, name: str = "the model") -> None:
             raise TokenizerError(
                 f"The tokenizer of {name} cannot encode the task: {text!r} -> tokens {ids[:16]} -> {back!r} "
                 f"(vocabulary of {len(tokenizer)} tokens): {fix}.")
+    for text in (_TASK_PROMPT, _TASK_ANSWER):  # the claims' positions count one token per digit
+        pieces = [tokenizer.decode([i]) for i in encode(text)]
+        merged = [p for p in pieces if sum(c.isdigit() for c in p) > 1]
+        if merged:
+            raise TokenizerError(
+                f"The tokenizer of {name} puts several digits in one token ({text!r} -> {pieces}): the task and "
+                f"the claims' per-digit parameters (operand positions, leading_tokens) assume one digit per "
+                f"token, so the claims would measure something else. Use a model whose tokenizer splits digits "
+                f"(Qwen2, Llama 3 and the bundled models do).")
 
 
 def _check_bridge_runs(bridge: Any, tokenizer: Any, name: str, dtype: torch.dtype) -> None:
@@ -455,6 +492,14 @@ def load_model(
                 f"{where}: its weights lack {len(missing)} parameter(s) of its config's architecture ({shown}), "
                 f"which transformers would fill with random values: the safetensors do not match config.json. "
                 f"Save the model again with model.save_pretrained(folder) or use the config it was trained with.")
+        unexpected = sorted(k for k in info.get("unexpected_keys") or [] if not k.endswith("rotary_emb.inv_freq"))
+        if unexpected:  # transformers would drop them: the weights are of another architecture or size
+            shown = ", ".join(unexpected[:3]) + (f" and {len(unexpected) - 3} more" if len(unexpected) > 3 else "")
+            where = f"Model folder {name!r}" if local else f"Model {name!r}"
+            raise ModelFolderError(
+                f"{where}: its weights hold {len(unexpected)} parameter(s) its config's architecture lacks "
+                f"({shown}), which transformers would drop: the safetensors do not match config.json (e.g. more "
+                f"layers than num_hidden_layers). Use the config the weights were trained with.")
         if device_map is None:
             model = model.to(torch_device)
         return model.eval()

@@ -236,6 +236,9 @@ def _check_inputs(model: Any, clean_tokens: Tensor, corrupted_tokens: Tensor, si
         if not isinstance(tokens, Tensor) or tokens.ndim != 2 or tokens.dtype not in (torch.long, torch.int):
             raise ValueError(f"{name} must be an integer tensor [batch, pos], got "
                              f"{type(tokens).__name__} {getattr(tokens, 'shape', '')} {getattr(tokens, 'dtype', '')}.")
+        if tokens.shape[0] == 0 or tokens.shape[1] == 0:
+            raise ValueError(f"{name} has shape {tuple(tokens.shape)}: patching needs at least one prompt of at least "
+                             f"one token (batch and pos both >= 1).")
     if clean_tokens.shape != corrupted_tokens.shape:
         raise ValueError(
             f"clean_tokens {tuple(clean_tokens.shape)} and corrupted_tokens {tuple(corrupted_tokens.shape)} differ in "
@@ -247,6 +250,13 @@ def _check_inputs(model: Any, clean_tokens: Tensor, corrupted_tokens: Tensor, si
             f"{type(model).__name__} is not a TransformerBridge: pass the `.bridge` of "
             f"circuit.models.load_model(...) (a TransformerBridge after enable_compatibility_mode())."
         )
+    d_vocab = getattr(model.cfg, "d_vocab", None)
+    for name, tokens in (("clean_tokens", clean_tokens), ("corrupted_tokens", corrupted_tokens)):
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < 0 or (d_vocab is not None and high >= d_vocab):
+            bad = low if low < 0 else high
+            raise ValueError(f"{name} holds token id {bad}, outside the model's vocabulary 0..{d_vocab - 1 if d_vocab else '?'}: "
+                             f"tokenize the prompts with this model's tokenizer (model.tokenizer).")
     device = next(model.parameters()).device
     return clean_tokens.to(device).long(), corrupted_tokens.to(device).long()
 
@@ -303,7 +313,7 @@ def read_set(metric: Metric, logits: Float[Tensor, "row pos d_vocab"]) -> tuple[
             if not value.requires_grad:
                 return None
             (grad,) = torch.autograd.grad(value.float().sum(), leaf, allow_unused=True)
-    except (RuntimeError, TypeError, ValueError):
+    except Exception:  # detection cannot run: the caller computes every logit (exact)
         return None
     if grad is None:
         return None
@@ -318,9 +328,10 @@ class _Reader:
 
     A structured metric (:class:`circuit.metrics.AnswerMetric`) declares its reads. A plain callable's are
     detected (:func:`read_set`) and verified: on the clean and on the corrupted logits, the metric of a
-    logits buffer holding only the read entries (NaN everywhere else) must equal the metric of the full
-    logits, within the dtype's tolerance; otherwise (and for a metric without a gradient) every position
-    and token is computed, with a warning when the detection was wrong. Patched values are then written
+    logits buffer holding only the read entries (the other run's logits everywhere else: finite, so a metric
+    may check its input) must equal the metric of the full logits, within the dtype's tolerance; otherwise
+    (and for a metric without a gradient, or one that cannot run on the buffer) every position and token
+    is computed, with a warning when the detection was wrong. Patched values are then written
     into that buffer's read entries only, so the metric must not modify its input.
     """
 
@@ -350,11 +361,18 @@ class _Reader:
         if len(read) == 0 or (len(read) == n_pos and len(vocab) == n_vocab):
             return
         self.read, self.vocab = read, (None if len(vocab) == n_vocab else vocab)
-        self.buffer = torch.full_like(corr.logits, math.nan)
-        for name, cache in (("clean", clean), ("corrupted", corr)):
+        self.buffer = corr.logits.detach().clone()
+        # Each run's read entries over the *other* run's logits: finite (a metric may check its input), and a
+        # metric that reads an entry outside the set sees the other run's value there and disagrees.
+        for name, cache, other in (("clean", clean, corr), ("corrupted", corr, clean)):
             full = _check_metric_output(metric(cache.logits), name)
-            with torch.no_grad():
-                reduced = _check_metric_output(self(cache.resid_final[:, self.read]), name)
+            self.buffer.copy_(other.logits)
+            try:
+                with torch.no_grad():
+                    reduced = _check_metric_output(self(cache.resid_final[:, self.read]), name)
+            except Exception:  # the metric cannot run on the reduced logits: compute them all (exact)
+                self.read, self.vocab, self.buffer = None, None, None
+                return
             if not torch.allclose(reduced, full, atol=tolerance * max(1.0, float(full.abs().max())), rtol=tolerance):
                 warnings.warn(
                     f"activation_patch: the metric reads more of the logits than its gradient shows (on the "
@@ -362,6 +380,7 @@ class _Reader:
                     f"position and token instead (exact, slower).", stacklevel=4)
                 self.read, self.vocab, self.buffer = None, None, None
                 return
+        self.buffer.copy_(corr.logits)  # a patched run's unread entries: the corrupted run's
 
     def __call__(self, final: Float[Tensor, "row read d_model"]) -> Float[Tensor, " batch"]:
         logits = self.arith.unembed(final, self.vocab)
@@ -544,6 +563,9 @@ def activation_patch(
     if chunk_size is None:
         per_cell = _cell_bytes(model, batch, n_pos, logits=arith is None)
         budget = _memory_budget_mb(clean_tokens.device) if max_memory_mb is None else max_memory_mb
+        if not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
+            raise ValueError(f"max_memory_mb={max_memory_mb!r}: pass a finite number of MiB > 0, or None (half the "
+                             f"free memory of the device).")
         chunk_size = max(1, int(budget * 2**20 // per_cell))
     sweep = _fast_sweep if arith is not None else _hook_sweep
     out = sweep(model, arith, spec, clean, corr, corrupted_tokens, metric, corr_metric, chunk_size, progress,
@@ -753,7 +775,12 @@ def attribution_patch(
     hooks = [("blocks.0.hook_resid_pre", leaf)] + [(name, keep(name)) for name in names]
     with torch.enable_grad():
         logits = model.run_with_hooks(corrupted_tokens, fwd_hooks=hooks)
-        value = metric(logits)
+        value = torch.as_tensor(metric(logits))
+        if not value.requires_grad:
+            raise ValueError("attribution_patch: the metric's value has no gradient with respect to the logits (it "
+                             "detaches them, or computes through .item(), numpy or integer ops): attribution patching "
+                             "differentiates the metric. Write it in torch operations on the logits, or use "
+                             "activation_patch.")
         grads = torch.autograd.grad(value.float().sum(), [acts[n] for n in names], allow_unused=True)
 
     per_row = torch.zeros(n_layers, spec.n_index(corr), rows)

@@ -13,9 +13,10 @@ backend switching, nothing changed on import.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ __all__ = [
     "forest_figure",
     "heatmap",
     "line_figure",
+    "plain_text",
     "scatter_figure",
     "summary_table",
 ]
@@ -187,11 +189,27 @@ def attention_figure(
     return fig
 
 
+@contextlib.contextmanager
+def plain_text() -> Iterator[None]:
+    """Within this block, matplotlib draws every text as written: ``$...$`` is not read as mathtext (a model
+    folder named ``m$\\undefinedcmd$x`` in a title would otherwise end the drawing in a parse error). Figures
+    here use no mathtext."""
+    import matplotlib
+
+    with matplotlib.rc_context({"text.parse_math": False}):
+        yield
+
+
 def figure_png(fig: Figure) -> bytes:
     """The figure as PNG bytes, cropped to what it draws (``bbox_inches="tight"``): no label is cut, even one
-    longer than its axis (a colorbar's)."""
+    longer than its axis (a colorbar's). Text is drawn as written (:func:`plain_text`), never as mathtext."""
+    from matplotlib.text import Text
+
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.1)
+    with plain_text():
+        for text in fig.findobj(Text):  # made before plain_text: the figure's own labels, titles, ticks
+            text.set_parse_math(False)
+        fig.savefig(buffer, format="png", bbox_inches="tight", pad_inches=0.1)
     return buffer.getvalue()
 
 

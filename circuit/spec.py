@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import math
 import re
 import sys
 import types
@@ -51,7 +52,7 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, ClassVar, NewType
+from typing import Annotated, Any, ClassVar, NewType
 
 try:
     import tomllib
@@ -59,9 +60,12 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
 __all__ = [
+    "AmbiguousSpecError",
     "AttributionCompletenessClaim",
     "ClaimSpec",
+    "Correlation",
     "FinalTokenLocalizationClaim",
+    "Fraction",
     "Head",
     "HfEquivalenceClaim",
     "KNOWN_CLAIMS",
@@ -73,6 +77,8 @@ __all__ = [
     "NamedHeadsClaim",
     "PerDtype",
     "PromptSpec",
+    "Range",
+    "Rank",
     "Spec",
     "SpecError",
     "StatisticsSpec",
@@ -91,6 +97,10 @@ _HEAD = re.compile(r"^L(\d+)H(\d+)$")
 
 class SpecError(ValueError):
     """A spec file is malformed or does not fit the model; the message names the file and the key."""
+
+
+class AmbiguousSpecError(SpecError):
+    """More than one spec states a model's claims (:func:`find_spec`): which one counts is the user's choice."""
 
 
 def parse_head(label: str) -> tuple[int, int]:
@@ -204,6 +214,40 @@ class PromptSpec:
     @property
     def prompt_budget(self) -> int:
         return self.budget if self.budget is not None else 4 * self.max_size
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a statistic's threshold can take, for a field annotated ``Annotated[float, Range(...)]``
+    (or one of :data:`Correlation`, :data:`Fraction`, :data:`Rank`): the loader refuses a value outside it,
+    naming the range, since a rule such as "correlation >= 1.2" can never hold."""
+
+    low: float | None = None
+    """Smallest allowed value (None: unbounded)."""
+    high: float | None = None
+    """Largest allowed value (None: unbounded)."""
+    what: str = "the statistic"
+    """What the field compares with, for the message ("a correlation")."""
+
+    def problem(self, value: float) -> str | None:
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            low = "-inf" if self.low is None else f"{self.low:g}"
+            high = "inf" if self.high is None else f"{self.high:g}"
+            return f"is {value:g}, but {self.what} lies in [{low}, {high}]: a threshold outside it never decides."
+        return None
+
+
+Correlation = Annotated[float, Range(-1.0, 1.0, "a correlation")]
+"""A field compared with a correlation (between -1 and 1)."""
+Fraction = Annotated[float, Range(0.0, 1.0, "a fraction")]
+"""A field compared with a fraction or probability (between 0 and 1)."""
+Rank = Annotated[int, Range(1, None, "a rank")]
+"""A field compared with a rank or a count of top items (1 or more)."""
+
+MAX_RESAMPLES = 100_000
+"""Most bootstrap resamples per interval (see :func:`_check_values` for the memory they take)."""
+MAX_PROMPTS = 4096
+"""Most prompts in a set (see :func:`_check_values` for the memory they take)."""
 
 
 Layer = NewType("Layer", int)
@@ -378,7 +422,7 @@ class NamedHeadsClaim(ClaimSpec):
 
     TOP_K_OVER_HEADS = True
 
-    top_k: int
+    top_k: Rank
     """Each named head must rank within the top k (CI high of its rank <= k)."""
     heads: tuple[NamedHead, ...]
     """The named heads."""
@@ -389,7 +433,7 @@ class NamedHeadsClaim(ClaimSpec):
 class ValuePlusPatternClaim(ClaimSpec):
     """Claim 6: per head, value patching + pattern patching effects add up to the z patching effect."""
 
-    min_correlation: float
+    min_correlation: Correlation
     """Correlation across heads of (v + pattern) with z must be at least this (CI low)."""
     max_residual: float
     """Largest |v + pattern - z| over heads, in normalized units, must be at most this (CI high)."""
@@ -402,15 +446,15 @@ class TopHeadAttentionClaim(ClaimSpec):
 
     TOP_K_OVER_HEADS = True
 
-    top_k: int
+    top_k: Rank
     """How many heads (by |z patching effect|) count as top heads."""
     late_from_layer: Layer
     """Top heads in this layer or later are late."""
     early_until_layer: LayerBound
     """Top heads before this layer are early."""
-    min_bos_attention: float
+    min_bos_attention: Fraction
     """Every late top head's mean attention to BOS (from the final position) must be at least this (CI low)."""
-    min_normalized_entropy: float
+    min_normalized_entropy: Fraction
     """Every early top head's attention entropy / log(#keys) must be at least this (CI low)."""
 
 
@@ -520,6 +564,9 @@ def _convert(path: Path, key: str, value: Any, tp: Any) -> Any:
     if base is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _fail(path, key, f"must be a number, got {value!r}.")
+        if not math.isfinite(value):
+            raise _fail(path, key, f"must be a finite number, got {value!r}: a threshold or tolerance of inf or "
+                                   f"nan never decides.")
         return float(value)
     if base is str:
         if not isinstance(value, str):
@@ -557,7 +604,24 @@ def _build(path: Path, key: str, table: Any, cls: type) -> Any:
                 raise _fail(path, f"{key}.{name}", f"missing field: {_field_doc(cls, name)}")
             continue
         values[name] = _convert(path, f"{key}.{name}", table[name], hints[name])
+        for limit in _ranges(cls, name) if values[name] is not None else ():
+            problem = limit.problem(values[name])
+            if problem:
+                raise _fail(path, f"{key}.{name}", problem)
     return cls(**values)
+
+
+def _ranges(cls: type, name: str) -> list[Range]:
+    """The :class:`Range` annotations of field ``name`` of ``cls`` (``Annotated[..., Range(...)]``)."""
+    try:
+        hint = typing.get_type_hints(cls, include_extras=True)[name]
+    except NameError:  # pragma: no cover - _hints reported it
+        return []
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # ``Fraction | None``
+        hint = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+    if typing.get_origin(hint) is not Annotated:
+        return []
+    return [m for m in hint.__metadata__ if isinstance(m, Range)]
 
 
 def _typed_values(obj: Any, key: str):
@@ -613,6 +677,18 @@ def _check_values(spec: Spec) -> None:
         raise _fail(path, "statistics.power", f"must be between 0 and 1 (e.g. 0.9), got {spec.statistics.power}.")
     if spec.statistics.n_resamples < 100:
         raise _fail(path, "statistics.n_resamples", f"must be at least 100, got {spec.statistics.n_resamples}.")
+    if spec.statistics.n_resamples > MAX_RESAMPLES:
+        n, batch = spec.statistics.n_resamples, spec.prompts.max_size
+        raise _fail(path, "statistics.n_resamples", f"is {n}, more than {MAX_RESAMPLES}: one interval over "
+                    f"{batch} prompts draws an index of {n} x {batch} int64 ({_size(8 * n * batch)}), and a per-head "
+                    f"statistic of Qwen2.5-0.5B's 24 x 14 heads resamples {_size(4 * n * batch * 336)} of float32. "
+                    f"1000 to 10000 resamples are enough for a 95% interval.")
+    if spec.prompts.max_size > MAX_PROMPTS:
+        batch, positions = spec.prompts.max_size, 2 * spec.prompts.max_digits + 4
+        raise _fail(path, "prompts.max_size", f"is {batch}, more than {MAX_PROMPTS}: one forward of the set holds "
+                    f"its logits, {batch} prompts x {positions} positions x 151936 tokens of Qwen2.5-0.5B's vocabulary "
+                    f"in float32 ({_size(4 * batch * positions * 151936)}), and each patching sweep one such batch per "
+                    f"layer. 8 to 64 prompts per set are sensible.")
     least = spec.statistics.min_prompts
     if least < 2:
         raise _fail(path, "statistics.min_prompts", f"must be at least 2 (an interval over one prompt has zero width), "
@@ -649,9 +725,15 @@ def _check_values(spec: Spec) -> None:
         top_k = getattr(claim, "top_k", None)
         if isinstance(top_k, int) and top_k < 1:
             raise _fail(path, f"{key}.top_k", f"must be >= 1, got {top_k}.")
+        signs: dict[str, tuple[int, str]] = {}
         for i, head in enumerate(getattr(claim, "heads", ())):
             if not isinstance(head, NamedHead):
                 continue
+            first, sign = signs.setdefault(head.head, (i, head.sign))
+            if sign != head.sign:
+                raise _fail(path, f"{key}.heads[{i}]", f"{head.head} is listed twice with different signs "
+                                                      f"(heads[{first}]: {sign!r}, heads[{i}]: {head.sign!r}): state "
+                                                      f"it once, with the sign the analysis found.")
             if head.sign not in _SIGNS:
                 raise _fail(path, f"{key}.heads[{i}].sign", f"is {head.sign!r}; use one of {list(_SIGNS)}.")
             if not head.by or set(head.by) - set(_RANKINGS):
@@ -661,6 +743,10 @@ def _check_values(spec: Spec) -> None:
             claim.check()
         except ValueError as error:
             raise _fail(path, key, str(error)) from None
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / 2 ** 30:.1f} GiB" if n_bytes >= 2 ** 30 else f"{n_bytes / 2 ** 20:.0f} MiB"
 
 
 def _check_sizes(spec: Spec, n_layers: int, n_heads: int) -> None:
@@ -735,6 +821,12 @@ def _names(model_name: str) -> set[str]:
     return {name.lower(), Path(name).name.lower()}
 
 
+def _toml_string(text: str) -> str:
+    import json
+
+    return json.dumps(text, ensure_ascii=False)  # a JSON string is a TOML basic string (both escape quotes and backslashes alike)
+
+
 def find_spec(model_name: str, spec_dir: str | Path) -> Path:
     """The spec file in ``spec_dir`` whose ``[model] match`` names ``model_name`` (hub id or folder name).
 
@@ -750,6 +842,9 @@ def find_spec(model_name: str, spec_dir: str | Path) -> Path:
             match = tomllib.loads(path.read_text()).get("model", {}).get("match", [])
         except tomllib.TOMLDecodeError as error:
             raise SpecError(f"{path}: not valid TOML ({error}).") from None
+        if isinstance(match, str):  # a string would match model names by their characters
+            raise SpecError(f"{path}: [model.match] must be a list of names, e.g. match = [{_toml_string(match)}], "
+                            f"got the string {match!r}.")
         catalogue.append(f"{path.name} (match = {match})")
         if isinstance(match, Sequence) and names & {str(m).lower() for m in match}:
             found.append(path)
@@ -761,5 +856,5 @@ def find_spec(model_name: str, spec_dir: str | Path) -> Path:
             f"{'; '.join(catalogue) or 'none'}. Add the model's name to a spec's [model] match, write a spec "
             f"for it, or pass --claims-spec PATH."
         )
-    raise SpecError(f"Several claim specs match model {model_name!r}: {[p.name for p in found]}. Keep one, or "
-                    f"pass --claims-spec PATH.")
+    raise AmbiguousSpecError(f"Several claim specs match model {model_name!r}: {[p.name for p in found]}. Keep "
+                             f"one, or pass --claims-spec PATH.")

@@ -14,12 +14,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "MAX_DIGITS",
     "PERTURBATIONS",
     "Problem",
     "check_digits",
+    "context_needed",
     "make_problems",
     "perturb",
     "perturbations",
@@ -68,6 +70,15 @@ class Problem:
     def swapped(self) -> Problem:
         """The same problem with the operands in the other order."""
         return Problem(self.b, self.a)
+
+
+def context_needed(tokenizer: Any, max_digits: int) -> int:
+    """Positions the longest problem of ``max_digits``-digit operands takes: its prompt (with the BOS token the
+    tokenizer adds) and its answer, which ``first_differing_token`` metrics teacher-force after the prompt."""
+    largest = Problem(10 ** max_digits - 1, 10 ** max_digits - 1)
+    prompt = tokenizer(largest.prompt)["input_ids"]
+    answer = tokenizer(largest.answer, add_special_tokens=False)["input_ids"]
+    return len(prompt) + len(answer)
 
 
 def make_problems(
