@@ -380,7 +380,7 @@ class FinalTokenLocalizationClaim(ClaimSpec):
     min_recovery: float
     """Mean normalized recovery at the final position over late layers must be at least this (CI low)."""
     max_other_recovery: float
-    """In late layers, no other position may recover more than this (CI high of the largest)."""
+    """In late layers, no other position may recover more than this (the largest's CI high must be at most this)."""
 
 
 @register_claim("mlp-over-attention")
@@ -423,7 +423,8 @@ class NamedHeadsClaim(ClaimSpec):
     TOP_K_OVER_HEADS = True
 
     top_k: Rank
-    """Each named head must rank within the top k (CI high of its rank <= k)."""
+    """Each named head must rank within the top k: its |effect| minus that of the best head ranked beyond k, paired
+    on the same prompts, must have an interval above 0 (``circuit.measures.head_gap``)."""
     heads: tuple[NamedHead, ...]
     """The named heads."""
 
@@ -464,7 +465,7 @@ class AttributionCompletenessClaim(ClaimSpec):
     """Claim 8: direct logit attributions of all components add up to the logit difference."""
 
     atol: PerDtype = PerDtype(float32=1e-4, bfloat16=0.25, float16=0.03)
-    """Largest per-prompt |sum of attributions - logit difference| allowed (CI high of the max), per dtype.
+    """Largest per-prompt |sum of attributions - logit difference| allowed (the largest itself, no interval), per dtype.
     The attributions are summed in float32 from the cached activations, but the model's own logits are
     rounded to its dtype (half a unit in the last place of a logit near 20 is 0.06 in bfloat16, 0.008 in
     float16); on the default model the largest gap was 0.074 (bfloat16) and 0.010 (float16)."""

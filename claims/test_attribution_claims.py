@@ -33,7 +33,7 @@ from torch import Tensor
 from circuit.decision import Rule
 from circuit.discover import DraftContext, drafts
 from circuit.report import line_figure
-from circuit.spec import ClaimSpec, Layer, register_claim
+from circuit.spec import ClaimSpec, Fraction, Layer, register_claim
 
 LENS_STATEMENT = ("Logit lens rises linearly: the logit difference read from the residual stream after each "
                   "layer grows nearly exactly linearly with depth (R^2 of a straight line).")
@@ -62,10 +62,10 @@ class LogitLensLinearClaim(ClaimSpec):
     residual stream (0: the whole curve, from the embeddings on)."""
     min_r2: float
     """R^2 of the least-squares line through the mean logit lens curve against depth must be at least this
-    (CI high; between 0 and 1)."""
+    (CI low; between 0 and 1)."""
     min_step: float | None = None
     """If given, every step of the mean curve from ``from_layer`` on (one attention or MLP sub-layer) must be at
-    least this fraction of the average step (CI high of the smallest; at most 1, since the smallest step is
+    least this fraction of the average step (CI low of the smallest; at most 1, since the smallest step is
     at most the average; 0: the curve never falls). Unitless, so it reads the same on any logit scale."""
 
     def check(self) -> None:
@@ -93,12 +93,12 @@ class LateMlpAttributionClaim(ClaimSpec):
 
     from_layer: Layer
     """Only layers from this one on are summed (the late layers; 0: all)."""
-    min_mlp_share: float
+    min_mlp_share: Fraction
     """sum |mean DLA| of the MLP layers / (that + sum |mean DLA| of the attention layers), layers from
-    ``from_layer`` on, must be at least this (CI high; between 0 and 1)."""
+    ``from_layer`` on, must be at least this (CI low; between 0 and 1)."""
     attention_layers: tuple[SignedLayer, ...] = ()
     """Attention layers named with a sign (e.g. ``[{layer = 23, sign = "positive"}]``): each one's mean direct
-    logit attribution, oriented by its sign, must be above 0 (CI high of the smallest). Empty (the default):
+    logit attribution, oriented by its sign, must be above 0 (CI low of the smallest). Empty (the default):
     not tested."""
 
     def check(self) -> None:

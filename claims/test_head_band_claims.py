@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from circuit.decision import Rule
 from circuit.discover import DraftContext, drafts
 from circuit.report import heatmap, scatter_figure
-from circuit.spec import ClaimSpec, Layer, LayerBound, register_claim
+from circuit.spec import ClaimSpec, Layer, LayerBound, Rank, register_claim
 
 # --- parameters ---------------------------------------------------------------------------------------
 
@@ -41,7 +41,7 @@ class LateValueHeads(ClaimSpec):
     late_from_layer: Layer
     """Heads in this layer or later are late; the heads before it (early and middle) are the comparison."""
     min_ratio: float
-    """mean |v effect| of late heads / mean |v effect| of the other heads must be at least this (CI high)."""
+    """mean |v effect| of late heads / mean |v effect| of the other heads must be at least this (CI low)."""
 
     def check(self) -> None:
         if self.late_from_layer < 1:
@@ -60,7 +60,7 @@ class PatternBands(ClaimSpec):
     """Heads in this layer or later are the late band; the middle band lies between the two."""
     min_ratio: float
     """min(mean |pattern effect| of the early band, of the late band) / that of the middle band must be at least
-    this (CI high)."""
+    this (CI low)."""
 
     def check(self) -> None:
         if self.early_until_layer < 1:
@@ -81,10 +81,10 @@ class PatternExplainsLateHeads(ClaimSpec):
 
     late_from_layer: Layer
     """Heads in this layer or later are late."""
-    top_k: int
+    top_k: Rank
     """How many late heads, by |z patching effect| (mean over the prompt set), the claim is about."""
     min_fraction: float
-    """sum pattern * sign(z) / sum |z| over those heads must be at least this (CI high)."""
+    """sum pattern * sign(z) / sum |z| over those heads must be at least this (CI low)."""
 
 
 # --- statistics ---------------------------------------------------------------------------------------

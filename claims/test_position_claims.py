@@ -46,7 +46,7 @@ from hypothesis import strategies as st
 from circuit.decision import Rule
 from circuit.discover import DraftContext, drafts
 from circuit.report import heatmap
-from circuit.spec import ClaimSpec, Layer, LayerBound, register_claim
+from circuit.spec import ClaimSpec, Layer, LayerBound, Rank, register_claim
 from circuit.stats import TooFewPromptsError
 
 POSITION_NAMES = ("a", "b", "final")
@@ -67,7 +67,7 @@ class SignedLayer:
     """The attention layer."""
     sign: str
     """'positive' (mean effect toward the clean run > 0: patching it in moves the corrupted run toward the clean
-    one) or 'not_positive' (<= 0)."""
+    one) or 'not_positive' (the interval lies at or below 0)."""
 
 
 @register_claim("attn-out-by-position")
@@ -83,7 +83,8 @@ class AttnOutByPositionClaim(ClaimSpec):
     """Layers before this one are early (at least 1)."""
     max_operand_fraction: float
     """sum over early layers and operand positions of |mean attention effect|, divided by the sum over all
-    layers of |mean attention effect| at the final position, is at most this (CI low); it must also be > 0."""
+    layers of |mean attention effect| at the final position, is at most this (CI high); the early layers' summed effect at the operands, toward the clean run,
+    must have an interval that excludes 0 ('slightly matter')."""
 
     def check(self) -> None:
         for i, named in enumerate(self.layers):
@@ -115,8 +116,9 @@ class NamedCell:
 class MlpOutByPositionClaim(ClaimSpec):
     """The named (MLP layer, position) cells are among the top-k cells by |MLP patching effect|."""
 
-    top_k: int
-    """Each named cell ranks at most this among all layer x position cells (CI low of the worst rank)."""
+    top_k: Rank
+    """Each named cell ranks within the top k of all layer x position cells: its |effect| minus that of the best cell
+    ranked beyond k must have an interval above 0."""
     cells: tuple[NamedCell, ...]
     """The cells, e.g. [{layer = 7, position = "final"}, {layer = 0, position = "b"}]."""
 

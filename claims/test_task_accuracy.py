@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from circuit.decision import Rule
 from circuit.discover import DraftContext, drafts
-from circuit.spec import ClaimSpec, register_claim
+from circuit.spec import ClaimSpec, Fraction, Rank, register_claim
 
 STATEMENT = ("The model solves the task: greedy decoding writes the product (exact match), or at least the "
              "answer's leading tokens, on a stated fraction of prompts.")
@@ -36,12 +36,12 @@ STATEMENT = ("The model solves the task: greedy decoding writes the product (exa
 class TaskAccuracy(ClaimSpec):
     """Parameters of the task-accuracy claim (one table per spec; state either number or both)."""
 
-    min_exact_match: float | None = None
+    min_exact_match: Fraction | None = None
     """Fraction of prompts greedy decoding answers exactly must be at least this (0..1; omit to not judge it)."""
-    min_leading_top1: float | None = None
+    min_leading_top1: Fraction | None = None
     """Fraction of the first ``leading_tokens`` answer tokens that are the argmax must be at least this (0..1;
     omit to not judge it)."""
-    leading_tokens: int = 2
+    leading_tokens: Rank = 2
     """How many answer tokens from the start the leading-token statistic reads (the leading " " is one)."""
     stop: bool = True
     """Whether the answer includes the stop token (EOS) after the digits: true for models trained to stop

@@ -81,8 +81,11 @@ def test_bad_baselines_say_what_to_do(tmp_path):
 
 def test_describe_states_statistic_interval_rule_and_prompts():
     text = evidence(prompt_set="PromptSet(...)").describe()
-    assert text == ("final-token-localization: recovery = 0.9 [95% CI 0.85, 0.95]; rule CI low >= 0.8 holds. "
+    assert text == ("final-token-localization: recovery = 0.9 [95% CI 0.85, 0.95]; rule CI low >= 0.8: holds. "
                     "Prompts: PromptSet(...)")
+    judged = evidence(prompt_set="PromptSet(...)", verdict="inconclusive", n_prompts=64).describe()
+    assert judged == ("final-token-localization: recovery = 0.9 [95% CI 0.85, 0.95] over 64 prompts; rule CI low >= "
+                      "0.8: INCONCLUSIVE. Prompts: PromptSet(...)")
 
 
 def test_a_format_1_file_is_still_read_and_its_revision_split_off(tmp_path):

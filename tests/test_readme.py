@@ -71,4 +71,4 @@ def test_the_adding_a_claim_example_is_one_file_and_one_table_and_can_fail(tmp_p
     assert status == 1, output[-3000:]
     (record,) = [c for c in evidence[DEFAULT_MODELS[0]]["claims"] if c["claim_id"] == "clean-margin"]
     assert record["outcome"] == "failed" and record["high"] < 1000.0
-    assert "CI high >= 1000" in output
+    assert "CI low >= min_logit_diff = 1000: REFUTED" in output
