@@ -1,17 +1,14 @@
 """The position claims (claims/test_position_claims.py): their position finder and statistics on hand-made
 values, their spec checks, and falsifiability: run as a user would, on specs and models that make them false.
 
-The falsifying model is test-qwen2-2l with its layer-0 attention output projection zeroed
-("attention-0-off"). There, layer 0's attention output is exactly 0 (every patching effect of it is 0), and
-the final position's residual stream before layer 1 depends only on its own token, the same in clean and
-corrupted prompts; so patching layer 1's clean attention output at the final position turns the corrupted
-run into the clean one: its effect toward the clean run is exactly the gap (1 in the claim's units). On it
-- layer 0 named 'positive' fails (statistic 0);
-- layer 1 named 'not_positive' fails (statistic 1);
-- 'early attention on the operands matters at all' (layers < 1) fails (fraction 0), while its bound
-  (<= 0) holds;
-and on test-qwen2-2l itself, whose layer-0 attention reads the operands, the bound 0 fails. On both, two
-named MLP cells with top_k = 1 fail (two cells cannot both rank first; ties count against them).
+The runs use the trained default model qwen2-mult-2d, which does the task, with a spec that is partly true:
+- layer 0 named 'positive' is supported, layer 1 named 'not_positive' is refuted (its effect toward the clean
+  run is about 0.13 of the gap);
+- 'early attention on the operands matters at all' is inconclusive even at the budget (an effect of about
+  0.01 of the gap), and fails as such; its bound 0 is refuted;
+- two named MLP cells with top_k = 1 are refuted (the weaker one's gap to the best cell beyond 1 is below 0);
+and the same model with its layer-0 attention zeroed ("attention-0-off"), which no longer does the task, fails
+every position claim at the task gate.
 """
 
 from __future__ import annotations
@@ -29,15 +26,15 @@ CLAIM_FILE = ROOT / "claims" / "test_position_claims.py"
 
 SPEC = """
 [model]
-match = ["test-qwen2-2l", "attention-0-off"]
+match = ["qwen2-mult-2d", "attention-0-off"]
 [statistics]
 level = 0.95
 n_resamples = 200
 [prompts]
-min_size = 8
-max_size = 8
+min_size = 16
+max_size = 16
 min_digits = 2
-max_digits = 3
+max_digits = 2
 corruptions = ["same_length"]
 metric = "first_differing_token"
 [claims.attn-out-by-position]
@@ -140,18 +137,18 @@ def constant(means, n_prompts=6):
     return means[..., None].expand(*means.shape, n_prompts)
 
 
-def test_worst_rank_takes_an_operand_s_best_digit_and_counts_ties_against_a_cell(positions):
+def test_a_cell_gap_takes_an_operand_s_best_digit_and_compares_with_the_best_cell_beyond_top_k(positions):
     #                    pos 0   1    2    3
     values = constant([[0.1, 3.0, -0.2, 1.0],    # layer 0
                        [-2.0, 0.0, 0.5, 3.0]])   # layer 1
-    rank = positions.worst_rank
-    assert float(rank(values, [(0, (1,))])) == 2  # tied with L1 pos 3 for first: both rank 2
-    assert float(rank(values, [(1, (0,))])) == 3
-    assert float(rank(values, [(0, (0, 2))])) == 6  # its best digit, |-0.2|, is 6th of 8
-    assert float(rank(values, [(1, (0,)), (0, (3,))])) == 4  # the worst of 3 and 4
-    assert float(rank(torch.zeros(2, 4, 6, dtype=torch.float64), [(0, (0,))])) == 8  # all 0: last, not first
+    gap = positions.cell_gap
+    assert float(gap(values, [(0, (1,))], 1)) == 0.0  # tied with L1 pos 3 for first: not beyond the 2nd
+    assert float(gap(values, [(0, (1,))], 2)) == pytest.approx(1.0)  # 3.0 against the 3rd largest, 2.0
+    assert float(gap(values, [(0, (0, 2))], 6)) == pytest.approx(0.2 - 0.1)  # its best digit, |-0.2|, is 6th
+    assert float(gap(values, [(1, (0,)), (0, (3,))], 4)) == pytest.approx(1.0 - 0.5)  # the weaker of the two
+    assert float(gap(torch.zeros(2, 4, 6, dtype=torch.float64), [(0, (0,))], 1)) == 0  # all 0: no gap
     resampled = torch.stack([values, -values, values.flip(-2)])  # a leading resample dim; the last reverses positions
-    assert rank(resampled, [(1, (3,))]).tolist() == [2, 2, 3]  # then L1 pos 3 is -2.0: behind two 3.0s
+    assert gap(resampled, [(1, (3,))], 1).tolist() == [0.0, 0.0, pytest.approx(2.0 - 3.0)]  # then L1 pos 3 is -2.0
 
 
 def test_effects_toward_the_clean_run_in_units_of_the_gap(positions):
@@ -215,59 +212,62 @@ def test_spec_checks_name_the_field(positions, tmp_path, table, message):
 
 
 @pytest.fixture(scope="module")
-def falsified_run(tmp_path_factory, test_model_folder):
+def falsified_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("positions")
     (tmp / "spec.toml").write_text(SPEC)
-    off = attention_off_model(test_model_folder("test-qwen2-2l"), tmp / "attention-0-off", layers=[0])
-    return run_claims(tmp, str(CLAIM_FILE), "--claims-spec", str(tmp / "spec.toml"), "--model", "test-qwen2-2l",
+    off = attention_off_model(str(ROOT / "fixtures" / "models" / "qwen2-mult-2d"), tmp / "attention-0-off", layers=[0])
+    return run_claims(tmp, str(CLAIM_FILE), "--claims-spec", str(tmp / "spec.toml"), "--model", "qwen2-mult-2d",
                       "--model", str(off), "-p", "no:html")
 
 
-def test_a_layer_whose_attention_writes_nothing_is_not_positive(falsified_run):
+def test_a_layer_named_positive_that_is_positive_is_supported(falsified_run):
     result, evidence = falsified_run
-    claim = verdicts(evidence["attention-0-off"])["test_named_attention_layers_are_positive_at_the_final_position"]
-    assert claim["outcome"] == "failed", result.stdout[-3000:]
+    claim = verdicts(evidence["qwen2-mult-2d"])["test_named_attention_layers_are_positive_at_the_final_position"]
+    assert claim["outcome"] == "passed" and claim["verdict"] == "supported", result.stdout[-3000:]
     assert claim["statistic"].startswith("smallest attn_out patching effect at the final position, toward the clean "
                                          "run (mean / mean |clean - corrupted|), among layers [0] (named positive)")
-    assert claim["estimate"] == claim["high"] == 0.0
-    assert "rule CI high > 0 (one-sided" in result.stdout
+    assert claim["low"] > 0
 
 
-def test_a_layer_that_restores_the_clean_run_is_not_not_positive(falsified_run):
+def test_a_layer_named_not_positive_that_moves_toward_the_clean_run_is_refuted(falsified_run):
     result, evidence = falsified_run
-    claim = verdicts(evidence["attention-0-off"])["test_named_attention_layers_are_not_positive_at_the_final_position"]
-    assert claim["outcome"] == "failed", result.stdout[-3000:]
-    assert "among layers [1] (named not positive)" in claim["statistic"]
-    assert claim["estimate"] == pytest.approx(1.0, abs=1e-4) and claim["low"] > 0.99
-    assert "rule CI low <= 0 (one-sided" in result.stdout
+    claim = verdicts(evidence["qwen2-mult-2d"])["test_named_attention_layers_are_not_positive_at_the_final_position"]
+    assert claim["outcome"] == "failed" and claim["verdict"] == "refuted", result.stdout[-3000:]
+    assert "among layers [1] (named not_positive)" in claim["statistic"]
+    assert claim["low"] > 0
 
 
-def test_early_attention_that_writes_nothing_does_not_matter_at_all(falsified_run):
+def test_early_attention_with_an_undecidably_small_effect_is_inconclusive_not_passed(falsified_run):
+    """'Slightly matter' on a model whose early attention effect at the operands is about 0.01 of the gap: even at
+    the budget the interval straddles 0, so the claim fails as inconclusive, saying how many prompts might decide."""
     result, evidence = falsified_run
-    claims = verdicts(evidence["attention-0-off"])
-    at_all = claims["test_early_attention_on_the_operands_matters_at_all"]
-    assert at_all["outcome"] == "failed", result.stdout[-3000:]
-    assert at_all["statistic"] == ("sum |mean attn_out effect| over layers < 1 at the operand digits / sum over all "
-                                   "layers at the final position")
-    assert at_all["estimate"] == at_all["high"] == 0.0
-    bound = claims["test_early_attention_on_the_operands_matters_less_than_the_final_position"]
-    assert bound["outcome"] == "passed", result.stdout[-3000:]  # 0 <= 0: the same statistic, the other rule
+    at_all = verdicts(evidence["qwen2-mult-2d"])["test_early_attention_on_the_operands_matters_at_all"]
+    assert at_all["outcome"] == "failed" and at_all["verdict"] == "inconclusive", result.stdout[-3000:]
+    assert at_all["statistic"].startswith("sum of attn_out effects over layers < 1 at the operand digits")
+    assert at_all["low"] < 0 < at_all["high"] and at_all["n_prompts"] == 64
+    assert at_all["prompts_to_decide"] is None or at_all["prompts_to_decide"] > 64
 
 
 def test_early_attention_that_reads_the_operands_exceeds_a_zero_bound(falsified_run):
     result, evidence = falsified_run
-    claim = verdicts(evidence["test-qwen2-2l"])["test_early_attention_on_the_operands_matters_less_than_the_final_position"]
-    assert claim["outcome"] == "failed", result.stdout[-3000:]
+    claim = verdicts(evidence["qwen2-mult-2d"])["test_early_attention_on_the_operands_matters_less_than_the_final_position"]
+    assert claim["outcome"] == "failed" and claim["verdict"] == "refuted", result.stdout[-3000:]
     assert claim["low"] > 0
-    assert "rule CI low <= max_operand_fraction = 0 (one-sided" in result.stdout
+    assert "rule CI high <= max_operand_fraction = 0: REFUTED" in result.stdout
 
 
 def test_two_mlp_cells_cannot_both_rank_first(falsified_run):
     result, evidence = falsified_run
-    for model in ("test-qwen2-2l", "attention-0-off"):
-        claim = verdicts(evidence[model])["test_named_mlp_cells_rank_in_top_k"]
-        assert claim["outcome"] == "failed", (model, result.stdout[-3000:])
-        assert claim["statistic"].startswith("worst rank by |mean mlp_out patching effect| among "
-                                             "['MLP1@final', 'MLP0@b']")
-        assert claim["estimate"] >= 2 and claim["low"] >= 2
-    assert "rule CI low <= top_k = 1 (one-sided" in result.stdout
+    claim = verdicts(evidence["qwen2-mult-2d"])["test_named_mlp_cells_rank_in_top_k"]
+    assert claim["outcome"] == "failed" and claim["verdict"] == "refuted", result.stdout[-3000:]
+    assert claim["statistic"].startswith("smallest gap |mean mlp_out patching effect| of ['MLP1@final', 'MLP0@b']")
+    assert claim["high"] <= 0
+
+
+def test_a_model_without_its_first_attention_layer_no_longer_does_the_task(falsified_run):
+    """With layer 0's attention zeroed the trained model no longer separates clean from corrupted prompts on these
+    sets: every position claim fails at the task gate instead of being judged on noise."""
+    result, evidence = falsified_run
+    for test, claim in verdicts(evidence["attention-0-off"]).items():
+        assert claim["outcome"] == "failed" and claim["verdict"] == "inconclusive", test
+        assert "the model does not do the task on these prompts" in claim["reason"], test
