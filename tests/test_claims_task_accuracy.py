@@ -105,5 +105,5 @@ def test_a_spec_stating_neither_number_is_refused(tmp_path):
                                         r"min_leading_top1"):
         load_spec(path)
     path.write_text(SPEC.replace("min_exact_match = 0.5", "min_exact_match = 1.5"))
-    with pytest.raises(SpecError, match=r"min_exact_match = 1.5: a fraction of prompts, between 0 and 1"):
+    with pytest.raises(SpecError, match=r"min_exact_match\] is 1.5, but a fraction lies in \[0, 1\]"):
         load_spec(path)
