@@ -130,9 +130,15 @@ def test_a_named_attention_layer_beyond_the_model_is_refused(tmp_path):
 # --- drafters ----------------------------------------------------------------------------------------------
 
 
+class Prompts:
+    """A stand-in prompt set of 8 prompts (the lab's values are given)."""
+
+    clean = tuple(range(8))
+
+
 def _context(lab, stated=None):
     prompts = PromptSpec(min_size=8, max_size=8, min_digits=2, max_digits=2, corruptions=("same_length",))
-    return DraftContext(lab, lab, ("set 1", "set 2"), DiscoveryOptions(prompts=prompts), 2, 4, stated or {})
+    return DraftContext(lab, (Prompts(),), (Prompts(),), DiscoveryOptions(prompts=prompts), 2, 4, stated or {})
 
 
 def _draft(**claims_by_id):
@@ -145,11 +151,12 @@ def _draft(**claims_by_id):
 def test_the_drafters_state_what_holds_with_margin_and_the_draft_loads_back(tmp_path):
     lab = FixedAttribution(lens=per_prompt([0.0, 1.0, 2.0, 3.0, 4.0]),
                            layers=per_prompt([0.0, 0.1, 1.0, -0.5, 3.0], offsets=(0.0,) * 8))
+    # every resample of these values gives the same statistic: the held-out interval is a point, the margin 0
     lens, note = claims._draft_logit_lens_linear(_context(lab))
-    assert (lens.from_layer, lens.min_r2, lens.min_step, note) == (0, 0.85, 0.85, "")
+    assert (lens.from_layer, lens.min_r2, lens.min_step, note) == (0, 1.0, 1.0, "")
     late, note = claims._draft_late_mlp_attribution(_context(lab))
-    # from layer 1 (the second half): share 3 / 3.5 = 0.857, drafted 0.15 below on the 0.05 grid
-    assert (late.from_layer, late.min_mlp_share, note) == (1, 0.7, "")
+    # from layer 1 (the second half): share 3 / 3.5 = 0.857, floored to the 0.01 grid
+    assert (late.from_layer, late.min_mlp_share, note) == (1, 0.85, "")
     assert late.attention_layers == (claims.SignedLayer(layer=1, sign="negative"),)
     path = tmp_path / "draft.toml"
     path.write_text(render_spec(_draft(logit_lens_linear=lens, late_mlp_attribution=late)))
@@ -162,13 +169,14 @@ def test_the_drafters_say_why_they_state_nothing():
     zigzag = FixedAttribution(lens=per_prompt([0.0, 1.0, 0.0, 1.0, 0.0]),
                               layers=per_prompt([0.0, 2.0, 1.0, -2.0, 1.0], offsets=(0.0,) * 8))
     lens, note = claims._draft_logit_lens_linear(_context(zigzag))
-    assert lens is None and note.startswith("not stated: R^2 of a line through the logit lens from layer 0, lowest "
-                                            "CI low ")  # R^2 0 up to rounding: the zigzag has no slope
-    assert note.endswith("the drafted threshold -0.15 is below 0.5")
+    assert lens is None and note.startswith("not stated: R^2 of a line through the logit lens from layer 0: held-out "
+                                            "estimate ")  # R^2 0 up to rounding: the zigzag has no slope
+    assert note.endswith(", below 0.5")
     late, note = claims._draft_late_mlp_attribution(_context(zigzag))
     assert late is None and note == (
-        "not stated: the MLP share of |direct logit attribution| is not above 0.5 with margin (from layer 1: lowest "
-        "CI low 0.333, drafted threshold 0.15; from layer 0: lowest CI low 0.333, drafted threshold 0.15)")
+        "not stated: the MLP share of |direct logit attribution| is not above 0.5 with margin (from layer 1: held-out "
+        "estimate 0.3333 [95% CI 0.3333, 0.3333] over 1 sets, margin 0 -> >= 0.33; from layer 0: held-out estimate "
+        "0.3333 [95% CI 0.3333, 0.3333] over 1 sets, margin 0 -> >= 0.33)")
 
 
 def test_a_draft_without_min_step_or_attention_layers_loads_back(tmp_path):
@@ -185,16 +193,17 @@ def test_a_draft_without_min_step_or_attention_layers_loads_back(tmp_path):
 
 FALSIFYING_SPEC = """
 [model]
-match = ["test-qwen2-2l", "no-information"]
+match = ["qwen2-mult-2d", "no-information"]
 [statistics]
 level = 0.95
 n_resamples = 200
 [prompts]
-min_size = 6
-max_size = 6
+min_size = 16
+max_size = 16
 min_digits = 2
-max_digits = 3
+max_digits = 2
 corruptions = ["same_length"]
+metric = "first_differing_token"
 [claims.logit-lens-linear]
 from_layer = 0
 min_r2 = 0.9999
@@ -209,43 +218,40 @@ tolerance = 0.05
 
 
 @pytest.fixture(scope="module")
-def falsified_run(tmp_path_factory, test_model_folder):
+def falsified_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("falsified-attribution")
     (tmp / "spec.toml").write_text(FALSIFYING_SPEC)
-    blind = no_information_model(test_model_folder("test-qwen2-2l"), tmp / "no-information")
+    blind = no_information_model(str(ROOT / "fixtures" / "models" / "qwen2-mult-2d"), tmp / "no-information")
     return run_claims(tmp, str(ROOT / "claims" / "test_attribution_claims.py"), "--claims-spec", str(tmp / "spec.toml"),
-                      "--model", "test-qwen2-2l", "--model", str(blind), "-p", "no:html")
+                      "--model", "qwen2-mult-2d", "--model", str(blind), "-p", "no:html")
 
 
 def test_a_logit_lens_that_is_no_straight_line_fails_logit_lens_linear(falsified_run):
     result, evidence = falsified_run
-    claims_run = verdicts(evidence["test-qwen2-2l"])
+    claims_run = verdicts(evidence["qwen2-mult-2d"])
     fit = claims_run["test_logit_lens_rises_linearly"]
-    assert fit["outcome"] == "failed", result.stdout[-3000:]
+    assert fit["outcome"] == "failed" and fit["verdict"] == "refuted", result.stdout[-3000:]
     assert fit["statistic"] == "R^2 of a straight line through the mean logit lens curve against depth, from layer 0"
     assert fit["estimate"] < fit["high"] < 0.9999
     step = claims_run["test_every_layer_raises_the_logit_lens"]
-    assert step["outcome"] == "failed"
+    assert step["outcome"] == "failed" and step["verdict"] == "refuted"
     assert step["statistic"].startswith("smallest step of the mean logit lens curve / |average step|")
     assert step["high"] < 1.0
-    assert "rule CI high >= min_r2 = 0.9999 (one-sided" in result.stdout and "does NOT hold" in result.stdout
+    assert "rule CI low >= min_r2 = 0.9999: REFUTED" in result.stdout
 
 
-def test_attention_that_carries_half_the_attribution_fails_a_99_9_percent_mlp_share(falsified_run):
+def test_attention_that_carries_some_attribution_fails_a_99_9_percent_mlp_share(falsified_run):
     result, evidence = falsified_run
-    share = verdicts(evidence["test-qwen2-2l"])["test_late_mlp_layers_carry_the_attribution"]
-    assert share["outcome"] == "failed", result.stdout[-3000:]
+    share = verdicts(evidence["qwen2-mult-2d"])["test_late_mlp_layers_carry_the_attribution"]
+    assert share["outcome"] == "failed" and share["verdict"] == "refuted", result.stdout[-3000:]
     assert share["statistic"].startswith("MLP share of sum |mean direct logit attribution|")
     assert share["high"] < 0.999
 
 
-def test_an_attention_layer_that_writes_nothing_has_no_sign(falsified_run):
+def test_a_model_that_does_not_do_the_task_fails_every_attribution_claim_at_the_gate(falsified_run):
+    """The blind copy (no attention writes anything) cannot compute the answer: its attention layers have no sign and
+    its MLP share is exactly 1, and neither is judged: every claim fails at the task gate."""
     result, evidence = falsified_run
-    claims_run = verdicts(evidence["no-information"])
-    signed = claims_run["test_named_attention_layers_have_their_sign"]
-    assert signed["outcome"] == "failed", result.stdout[-3000:]
-    assert signed["statistic"] == ("smallest sign-oriented mean direct logit attribution among attention layers "
-                                   "['1 (positive)']")
-    assert signed["estimate"] == signed["low"] == signed["high"] == 0.0
-    share = claims_run["test_late_mlp_layers_carry_the_attribution"]
-    assert (share["outcome"], share["estimate"], share["low"], share["high"]) == ("passed", 1.0, 1.0, 1.0)
+    for test, claim in verdicts(evidence["no-information"]).items():
+        assert claim["outcome"] == "failed" and claim["verdict"] == "inconclusive", (test, result.stdout[-3000:])
+        assert claim["statistic"].startswith("PRECONDITION task-solved") and claim["estimate"] == 0.0, test
