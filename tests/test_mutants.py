@@ -329,11 +329,12 @@ def test_mutation_test_end_to_end_truth_by_construction(qwen_mutants):
     result = qwen_mutants
     ids = [m.id for m in result.mutants]
     permute = [i for i in ids if i.startswith("permute-L0H1-L0H")]
-    assert len(permute) == 1 and sorted(ids) == sorted([*permute, "ablate-L0H1", "ablate-attn-L0", "random-0"])
+    # the shipped spec names L0H0 and L0H1 (named-heads); no attention layer (attn-out-by-position is not stated)
+    assert len(permute) == 1 and sorted(ids) == sorted([*permute, "ablate-L0H0", "ablate-L0H1", "random-0"])
     assert sorted(result.notes) == [f"ablate mlp L{layer}: no claim test run here names it; not built" for layer in range(3)]
     should = {m: sorted(t.test for t in result.tests if m in t.should_kill) for m in ids}
-    assert should == {permute[0]: [Z_TEST], "ablate-L0H1": [Z_TEST], "ablate-attn-L0": [Z_TEST],
-                      "random-0": sorted([Z_TEST, "test_clean_and_corrupted_logit_differences_differ"])}
+    assert should == {permute[0]: [Z_TEST], "ablate-L0H0": [Z_TEST], "ablate-L0H1": [Z_TEST],
+                      "random-0": sorted([Z_TEST, "test_clean_exceeds_corrupted_logit_difference"])}
     assert result.totals["false_kills"] == 0
     originals = {t.test: t.original for t in result.tests}
     assert originals[Z_TEST] in ("passed", "supported")
