@@ -251,7 +251,10 @@ class Judgement:
             lines.append("REFUTED: the interval lies wholly on the other side of the threshold.")
         if self.history:
             lines.append(f"Looks: {self.history}.")
-        lines.append(f"Judged {self.scheme.text(self.rule)}.")
+        if self.rule.interval:
+            lines.append(f"Judged {self.scheme.text(self.rule)}.")
+        else:
+            lines.append("Judged on the number itself (an identity or a count: no interval, no error rate).")
         return "\n".join(lines)
 
 

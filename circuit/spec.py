@@ -356,10 +356,11 @@ def import_claims(folder: str | Path) -> list[types.ModuleType]:
 class HfEquivalenceClaim(ClaimSpec):
     """Claim 1: the TransformerLens bridge computes the same probabilities as the HF model."""
 
-    atol: PerDtype = PerDtype(float32=1e-5, bfloat16=0.5, float16=0.08)
+    atol: PerDtype = PerDtype(float32=5e-5, bfloat16=0.5, float16=0.08)
     """Largest |softmax(bridge) - softmax(HF)| allowed, per dtype. In low precision the two round
     differently (the bridge folds norms and centres the unembedding). On the default model, 800 random
-    prompt sets and texts gave at most 8.6e-6 (float32), 0.29 (bfloat16) and 0.039 (float16); HF itself
+    prompt sets and texts gave at most 8.6e-6 (float32; on llama-mult-2d a thorough run found 1.08e-5 on the
+    text '\x1cX0', hence 5e-5), 0.29 (bfloat16) and 0.039 (float16); HF itself
     in bfloat16 is up to 0.31 off its float32 copy, so in bfloat16 this claim only catches gross errors
     (on that model, a layer-0 MLP scaled by 1.1 gives 0.46, a layer-2 MLP scaled by 1.5 only 0.17)."""
 
