@@ -2,7 +2,8 @@
 
 On the bundled default model with its shipped spec (``claims/specs/qwen2-mult-2d.toml``: sets of 16 prompts, a
 budget of 128), one prompt set is judged by ``Lab.judge`` for a statistic that reads a patching sweep
-(``final_recovery``: resid_pre patching) and one that reads a run's attribution (``late_mlp_share``):
+(``final_recovery``: resid_pre patching) and one that reads three per-head sweeps (``value_pattern_correlation``: v,
+pattern and z patching):
 
 - *decided at once*: a threshold far below the estimate, supported at the first look (16 prompts);
 - *inconclusive to the budget*: the threshold set at the first look's estimate, so the interval straddles it at every
@@ -51,9 +52,7 @@ def judged(model, spec, prompts, measure, threshold):
 def main() -> None:
     from importlib.metadata import version
 
-    import_claims(ROOT / "claims")
-    from claims.test_attribution_claims import late_mlp_share
-
+    import_claims(ROOT / "claims")  # the spec states claims declared there
     model = load_model(MODEL, device="cpu", with_hf_reference=False)
     spec = load_spec(SPEC)
     prompts = draw_prompt_sets(Lab(model, spec), 1, seed=7)[0]
@@ -63,7 +62,7 @@ def main() -> None:
     print(f"model {MODEL.name}; sets of {len(prompts.clean)} prompts, budget {spec.prompts.prompt_budget}")
     print(f"{'statistic':<16} {'decided at once':>22} {'inconclusive to budget':>30} {'ratio':>7}")
     for name, measure in (("final_recovery", lambda lab, ps: measures.final_recovery(lab, ps, 1)),
-                          ("late_mlp_share", lambda lab, ps: late_mlp_share(lab, ps, 1))):
+                          ("value_pattern", measures.value_pattern_correlation)):
         once, first = judged(model, spec, prompts, measure, -1e9)
         estimate = float(first.interval.estimate)
         slow, grown = judged(model, spec, prompts, measure, estimate)

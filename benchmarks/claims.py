@@ -11,6 +11,8 @@ cells and extrapolated to the sweep (labelled ``extrapolated``; ``v`` has no TL 
 the naive loop, one ``run_with_hooks`` per cell). On CUDA the same table is printed for the GPU, with its
 peak memory.
 
+What a claim that stays inconclusive costs when its set grows to the budget is ``benchmarks/adaptive.py``'s figure.
+
 Usage::
 
     python benchmarks/claims.py --layers 4            # a few minutes on a 2-core CPU

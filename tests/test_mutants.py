@@ -357,3 +357,46 @@ def test_the_command_line_refuses_a_model_it_cannot_find(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         main(["--model", "no-such-model"])
     assert "--model no-such-model: no such folder or bundled model; pass a local model folder" in capsys.readouterr().err
+
+
+LLAMA_FILES = ["claims/test_position_claims.py", "claims/test_task_solved.py", "claims/test_equivalence.py"]
+
+
+@pytest.fixture(scope="module")
+def llama_mutants(tmp_path_factory):
+    """Ablation and random mutants of the second bundled model, judged by its position claims (one pytest run)."""
+    from circuit.mutants.cli import mutation_test
+
+    return mutation_test("llama-mult-2d", spec_path=ROOT / "claims" / "specs" / "llama-mult-2d.toml", root=ROOT,
+                         workdir=tmp_path_factory.mktemp("llama-mutants"), kinds=("ablation", "random"),
+                         files=[ROOT / f for f in LLAMA_FILES], n_prompt_sets=1, log=lambda *_: None)
+
+
+def test_mutation_test_end_to_end_on_the_second_bundled_model(llama_mutants):
+    """On llama-mult-2d every ablation of a component its position claims name, and random weights, are killed by
+    exactly the tests that should kill them; the identities survive every mutant (no false kill)."""
+    assert "random-0" in [m.id for m in llama_mutants.mutants]
+    assert any(m.id.startswith("ablate-") for m in llama_mutants.mutants)
+    missed = {t.test: t.missed for t in llama_mutants.tests if t.missed}
+    assert missed == {}, f"claim tests that passed on mutants they should kill: {missed}"
+    assert llama_mutants.totals["false_kills"] == 0
+    assert llama_mutants.totals["killed"] == llama_mutants.totals["should_kill"] > 0
+
+
+def test_the_claim_report_shows_the_mutation_scores_of_a_model_escaped(tmp_path):
+    import json
+
+    from fixtures.claims_html import mutation_html
+
+    (tmp_path / "m<x>.json").write_text(json.dumps({
+        "totals": {"should_kill": 3, "killed": 2, "false_kills": 0},
+        "tests": [{"claim_id": "named-heads", "test": "test_a", "should_kill": ["permute", "random-0"],
+                   "killed": ["random-0"], "missed": ["permute<script>"], "false_kills": []},
+                  {"claim_id": "hf-equivalence", "test": "test_identity", "should_kill": [], "killed": [],
+                   "missed": [], "false_kills": []}]}))
+    html = mutation_html(tmp_path, ["m<x>", "no-scores"])
+    assert "Mutation scores of <code>m&lt;x&gt;</code>" in html and "<script>" not in html
+    assert "Should kill 3, killed 2, false kills 0." in html
+    assert "<td><code>test_a</code></td><td>2</td><td>1</td><td>permute&lt;script&gt;</td><td>—</td>" in html
+    assert "test_identity" not in html  # nothing to kill, nothing killed: not a row
+    assert mutation_html(tmp_path, ["no-scores"]) == ""

@@ -87,7 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "kills on function-preserving mutants."))
     parser.add_argument("--model", required=True, help="a local model folder or a bundled model's name")
     parser.add_argument("--spec", type=Path, help="the claim spec (default: the spec in claims/specs/ matching the model)")
-    parser.add_argument("--out", type=Path, help="write the scores as JSON here")
+    parser.add_argument("--out", type=Path, help="write the scores as JSON here (reports/mutants/<model>.json: the "
+                        "claim report shows them)")
     parser.add_argument("--table", type=Path, help="write the markdown table here (it is printed too)")
     parser.add_argument("--workdir", type=Path, help="keep the mutant folders, specs and reports here (default: temporary)")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="which mutants to build")
@@ -121,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.table:
         args.table.write_text(table)
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(result.dumps() + "\n")
         print(f"wrote {args.out}")
     return 0
