@@ -46,7 +46,7 @@ class Lab:
         self.expand = expand
         """Whether intervals read the expanded percentile bootstrap (``circuit.stats.expanded_tail``): a judging lab's."""
         self.seed = seed
-        """Seed of the bootstrap resamples (another seed: other resamples, for re-testing a failure)."""
+        """Seed of the bootstrap resamples."""
 
     def at(self, *, level: float | None = None, n_resamples: int | None = None, seed: int | None = None,
            expand: bool | None = None) -> Lab:
@@ -92,7 +92,7 @@ class Lab:
 
         Same shape: as many prompts, each operand with the same number of digits, both operand orders where
         ``ps`` pairs them, the same corruption; accepted by :meth:`accepts` (so the claims measure on it).
-        Seeded Python randomness, so a re-test is the same on every run.
+        Seeded Python randomness, so a grown set (:meth:`grow`) is the same on every run.
         """
         import random
 
