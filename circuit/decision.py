@@ -127,20 +127,6 @@ class Rule:
         """Whether ``value`` supports the claim."""
         return self.verdict(value) is Verdict.SUPPORTED
 
-    def distance(self, value: Any) -> float:
-        """How far the *estimate* lies on the claimed side of the threshold (negative: on the other side)."""
-        estimate = self._ends(value)[0]
-        t = self.threshold
-        return {">=": estimate - t, ">": estimate - t, "<=": t - estimate, "<": t - estimate,
-                "excludes": abs(estimate - t)}[self.kind]
-
-    def margin(self, value: Any) -> float:
-        """How far the supporting end of the interval lies beyond the threshold (negative: not supported)."""
-        _, low, high = self._ends(value)
-        t = self.threshold
-        return {">=": low - t, ">": low - t, "<=": t - high, "<": t - high,
-                "excludes": max(low - t, t - high)}[self.kind]
-
 
 @dataclass(frozen=True)
 class Scheme:

@@ -65,9 +65,11 @@ class Measured:
 
     def clears(self, threshold: float) -> bool:
         """Whether the estimate's interval lies at least the margin beyond ``threshold`` on the claimed side."""
-        bound = self.bound
-        return {">=": bound >= threshold, ">": bound > threshold, "<=": bound <= threshold, "<": bound < threshold,
-                "excludes": abs(self.estimate - threshold) - self.uncertainty >= self.margin}[self.kind]
+        from circuit.decision import Rule
+
+        if self.kind == "excludes":
+            return abs(self.estimate - threshold) - self.uncertainty >= self.margin
+        return Rule(self.kind, threshold, interval=False).holds(self.bound)
 
     def text(self, threshold: float) -> str:
         return (f"held-out estimate {self.estimate:.4g} [95% CI {self.estimate - self.uncertainty:.4g}, "
@@ -109,12 +111,13 @@ class DraftContext:
         from circuit.decision import Rule, Scheme, required_margin
 
         intervals = self.intervals(measure, held_out=True)
-        size = min(len(ps.clean) for ps in self.held_out)
+        smallest = min(self.held_out, key=lambda ps: len(ps.clean))
+        size = len(smallest.clean)
         z = NormalDist().inv_cdf(1 - (1 - self.lab.level) / 2)
         se_at_size = max(float(i.high - i.low) / (2 * z) for i in intervals)  # the noisiest set: every set must pass
         se = se_at_size * math.sqrt(size / self.options.budget)
         stats = self.options.statistics
-        scheme = Scheme(stats.family_level, looks=max(1, self.options.budget // size), power=stats.power,
+        scheme = Scheme(stats.family_level, looks=self.lab.looks(smallest), power=stats.power,
                         n_sets=self.options.n_sets)
         estimates = [float(i.estimate) for i in intervals]
         mean = sum(estimates) / len(estimates)

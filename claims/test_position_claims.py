@@ -475,8 +475,8 @@ def _draft_attention(ctx: DraftContext):
         if not (lows[layer] > 0 or highs[layer] < 0):
             continue
         sign, which, kind = ("positive", "min", ">") if lows[layer] > 0 else ("not_positive", "max", "<=")
-        if ctx.supports(kind, lambda lab, ps, layer=layer, which=which: _informative_extreme(lab, ps, [layer], which),
-                        0.0, f"L{layer} {sign}"):
+        measure = _measured(lambda lab, ps, layer=layer, which=which: final_attention_extreme(lab, ps, [layer], which))
+        if ctx.supports(kind, measure, 0.0, f"L{layer} {sign}"):
             named.append(SignedLayer(Layer(layer), sign))
     if not named:
         return None, (f"not stated: no attention layer's effect at the final position (toward the clean run) keeps "
@@ -495,11 +495,6 @@ def _draft_attention(ctx: DraftContext):
         tolerance=ctx.tolerance(fraction), layers=tuple(named), early_until_layer=LayerBound(early),
         max_operand_fraction=ctx.rule("<=", fraction, "max_operand_fraction").threshold)
     return claim, f"final-position effect toward the clean run on the draft sets: {spans}"
-
-
-def _informative_extreme(lab, ps, layers, which):
-    require_informative_prompts(lab, ps)
-    return final_attention_extreme(lab, ps, layers, which)
 
 
 @drafts("mlp-out-by-position")
