@@ -50,10 +50,14 @@ class Equivalence:
         return self.max_abs_diff <= self.atol
 
     def describe(self) -> str:
+        from circuit.numbers import digits_apart, number
+
         row, pos, tok = self.where
         verdict = "within" if self.holds else "EXCEEDS"
+        digits = digits_apart([self.max_abs_diff], [self.atol], digits=3)  # never "5e-05 EXCEEDS atol 5e-05"
         return (
-            f"max |softmax(bridge) - softmax(HF)| = {self.max_abs_diff:.3g} {verdict} atol {self.atol:.1g} "
+            f"max |softmax(bridge) - softmax(HF)| = {number(self.max_abs_diff, digits)} {verdict} atol "
+            f"{number(self.atol, digits_apart([self.atol], [self.max_abs_diff], digits=1))} "
             f"over {self.n_compared} probabilities; largest at prompt {row} {self.prompt!r}, position {pos}, "
             f"token {tok} ({self.token!r}): bridge p={self.bridge_prob:.6g}, HF p={self.hf_prob:.6g}"
         )

@@ -87,6 +87,13 @@ class PromptSet:
                          for c, x, k in zip(self.clean, self.incorrect, self.corrupted))
         return f"PromptSet({self.corruption}: {rows})"
 
+    def summary(self, shown: int = 1) -> str:
+        """The set in one short line: its size, its corruption and its first ``shown`` problems."""
+        rows = "; ".join(f"{c.prompt!r} -> {c.product} (incorrect {x}, corrupted {k.prompt!r})"
+                         for c, x, k in list(zip(self.clean, self.incorrect, self.corrupted))[:shown])
+        more = f"; and {len(self.clean) - shown} more" if len(self.clean) > shown else ""
+        return f"{len(self.clean)} prompts, {self.corruption} corruption: {rows}{more}"
+
 
 @st.composite
 def prompt_sets(
