@@ -1,4 +1,5 @@
-"""Figures and tables for the claim report, as self-contained HTML.
+"""Figures and tables for the claim report, as self-contained HTML (the forest plot of every claim test is an HTML
+table with a small SVG plot per row, so its labels and numbers are text).
 
 A researcher judges a claim by the statistic and by the pictures behind it: patching heatmaps (layer x
 position, layer x head) on a diverging colour scale centred at 0, the logit-lens line, scatter plots of
@@ -23,7 +24,7 @@ import torch
 from jaxtyping import Float
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
-from matplotlib.ticker import FormatStrFormatter, MaxNLocator
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 __all__ = [
@@ -31,7 +32,7 @@ __all__ = [
     "attention_figure",
     "figure_html",
     "figure_png",
-    "forest_figure",
+    "forest_html",
     "heatmap",
     "line_figure",
     "plain_text",
@@ -244,52 +245,84 @@ def figure_html(fig: Figure | Table, *, alt: str = "", caption: str = "") -> str
             f'style="max-width:100%"/><figcaption>{text}</figcaption></figure>')
 
 
-VERDICT_COLOURS = {"passed": "#1a7f37", "failed": "#cf222e", "error": "#8250df", "skipped": "#9a6700"}
+from circuit.palette import MARKERS, MUTED_COLOUR, TEXT_COLOUR, VERDICT_COLOURS  # noqa: E402 (re-exported)
+
+SYMBOLS = {">=": "≥", "<=": "≤", ">": ">", "<": "<", "excludes": "≠"}
+"""How the forest plot prints a rule's direction."""
 
 
-def forest_figure(rows: Sequence[Mapping], *, title: str = "Every claim test: statistic, CI and threshold") -> Figure:
-    """A forest plot: one panel per claim test and model (its own scale: the statistics differ), the
-    statistic as a dot, its confidence interval as a bar coloured by the verdict, the threshold as a
-    dashed black mark.
+def forest_html(rows: Sequence[Mapping], *, plot_width: int = 220) -> str:
+    """The forest plot as an HTML table, one row per claim test: its claim id and a short statement, a small
+    plot on the row's own scale (the interval as a bar and the estimate as a dot, both in the colour of the
+    verdict; the threshold as a dashed line), the estimate [interval] in digits, the rule's direction and
+    threshold, and the verdict (with a regression's or improvement's mark). Every text is escaped.
 
-    Each row is a mapping with ``label``, ``estimate``, ``low``, ``high`` (None without an interval),
-    ``threshold`` (a number or None) and ``outcome`` (passed, failed, error).
+    Each row is a mapping with ``claim``, ``sentence`` (the short statement), ``title`` (hover text), ``estimate``,
+    ``low``, ``high`` (None without an interval), ``level``, ``kind`` (``>=``, ``<=``, ``>``, ``<``,
+    ``excludes`` or None), ``threshold`` (a number or None), ``rule`` (the rule in words), ``verdict`` and
+    ``marker`` (``regressed``, ``improved`` or None).
     """
-    from matplotlib.lines import Line2D
+    from circuit.numbers import digits_apart, interval_text, number
 
-    n = max(1, len(rows))
-    fig = Figure(figsize=(10, 0.55 * n + 1.2), dpi=90, layout="constrained")
-    axes = fig.subplots(n, 1, squeeze=False)[:, 0]
-    fig.suptitle(title, fontsize=11)
-    for ax, row in zip(axes, rows):
-        colour = VERDICT_COLOURS.get(row["outcome"], "#57606a")
+    body = []
+    for row in rows:
+        verdict = str(row.get("verdict") or "")
+        colour = VERDICT_COLOURS.get(verdict, MUTED_COLOUR)
         estimate, low, high, threshold = (_finite(row.get(k)) for k in ("estimate", "low", "high", "threshold"))
-        points = [v for v in (estimate, low, high, threshold) if v is not None]
-        if low is not None and high is not None:
-            ax.plot([low, high], [0, 0], color=colour, linewidth=5, solid_capstyle="butt", alpha=0.6)
-        if estimate is not None:
-            ax.plot([estimate], [0], "o", color=colour, markersize=6)
-        else:
-            ax.text(0.5, 0, "no finite statistic", transform=ax.get_yaxis_transform(), ha="center", va="center",
-                    fontsize=8, color=colour)
+        text = interval_text(row.get("estimate"), row.get("low"), row.get("high"), level=row.get("level"),
+                             against=[] if threshold is None else [threshold])
         if threshold is not None:
-            ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2)
-        if points:
-            lo, hi = min(points), max(points)
-            margin = (hi - lo) * 0.15 or max(abs(hi), 1.0) * 0.15
-            ax.set_xlim(lo - margin, hi + margin)
-        ax.set_yticks([0], [row["label"]], fontsize=8)
-        ax.set_ylim(-1, 1)
-        ax.tick_params(axis="x", labelsize=7)
-        ax.xaxis.set_major_formatter(FormatStrFormatter("%.3g"))  # no "1e-5" scale text under a panel
-        for side in ("top", "right", "left"):
-            ax.spines[side].set_visible(False)
-    legend = [Line2D([], [], color=VERDICT_COLOURS["passed"], linewidth=5, label="CI, claim holds (passed)"),
-              Line2D([], [], color=VERDICT_COLOURS["failed"], linewidth=5, label="CI, claim fails"),
-              Line2D([], [], color="black", marker="o", linestyle="", label="estimate"),
-              Line2D([], [], color="black", linestyle="--", label="threshold")]
-    fig.legend(handles=legend, loc="outside lower center", ncols=4, fontsize=8, frameon=False)
-    return fig
+            digits = digits_apart([threshold], [v for v in (estimate, low, high) if v is not None])
+            rule = f"{SYMBOLS.get(str(row.get('kind')), '?')} {number(threshold, digits)}"
+        else:
+            rule = "—"
+        marker = MARKERS.get(str(row.get("marker") or ""))
+        mark = (f" <span class='claims-marker' style='color:{marker[1]}' title='{html.escape(marker[2], quote=True)}'>"
+                f"{marker[0]} {html.escape(str(row['marker']))}</span>" if marker else "")
+        body.append(
+            f"<tr class='forest-row {html.escape(verdict, quote=True)}' title='{html.escape(str(row.get('title', '')), quote=True)}'>"
+            f"<td class='forest-label'><code>{html.escape(str(row.get('claim', '')))}</code> "
+            f"{html.escape(str(row.get('sentence', '')))}</td>"
+            f"<td class='forest-plot'>{_forest_svg(estimate, low, high, threshold, colour, plot_width)}</td>"
+            f"<td class='forest-value'>{html.escape(text)}</td>"
+            f"<td class='forest-rule' title='{html.escape(str(row.get('rule', '')), quote=True)}'>{html.escape(rule)}</td>"
+            f"<td class='forest-verdict' style='color:{colour}'><b>{html.escape(verdict or '—')}</b>{mark}</td></tr>")
+    legend = ("<p class='claim-legend'>One row per claim test, each plot on its own scale: the bar is the confidence "
+              "interval and the dot the estimate, coloured by the verdict (" + ", ".join(
+                  f"<b style='color:{VERDICT_COLOURS[v]}'>{v}</b>" for v in ("supported", "refuted", "inconclusive"))
+              + "); the dashed line is the threshold; the rule column gives its direction. "
+              + " ".join(f"<span style='color:{c}'>{s}</span> {html.escape(m)}." for s, c, m in MARKERS.values())
+              + "</p>")
+    return (f"<table class='claims-forest' aria-label='Forest plot of every claim test'><thead><tr><th>claim</th>"
+            f"<th>statistic, CI (bar) and threshold (dashed)</th><th>estimate [CI]</th><th>rule</th><th>verdict</th>"
+            f"</tr></thead><tbody>{''.join(body)}</tbody></table>{legend}")
+
+
+def _forest_svg(estimate: float | None, low: float | None, high: float | None, threshold: float | None,
+                colour: str, width: int, height: int = 14) -> str:
+    """One forest row's plot: the interval's bar, the estimate's dot and the threshold's dashed line, on a scale
+    spanning them with a margin."""
+    points = [v for v in (estimate, low, high, threshold) if v is not None]
+    if not points:
+        return "<span class='claim-legend'>no finite statistic</span>"
+    lo, hi = min(points), max(points)
+    margin = (hi - lo) * 0.1 or max(abs(hi), 1.0) * 0.1
+    lo, hi = lo - margin, hi + margin
+
+    def x(value: float) -> float:
+        return round((value - lo) / (hi - lo) * width, 1)
+
+    parts = [f"<line x1='0' y1='{height / 2}' x2='{width}' y2='{height / 2}' stroke='#d0d7de' stroke-width='1'/>"]
+    if low is not None and high is not None:
+        parts.append(f"<rect x='{x(low)}' y='{height / 2 - 3}' width='{max(1.0, x(high) - x(low))}' height='6' "
+                     f"fill='{colour}' fill-opacity='0.55'/>")
+    if estimate is not None:
+        parts.append(f"<circle cx='{x(estimate)}' cy='{height / 2}' r='4' fill='{colour}'/>")
+    if threshold is not None:
+        parts.append(f"<line x1='{x(threshold)}' y1='0' x2='{x(threshold)}' y2='{height}' stroke='{TEXT_COLOUR}' "
+                     f"stroke-width='1.5' stroke-dasharray='3,2'/>")
+    return (f"<svg width='{width}' height='{height}' viewBox='0 0 {width} {height}' role='img' "
+            f"aria-hidden='true'>{''.join(parts)}</svg>")
 
 
 def _finite(value: object) -> float | None:
@@ -302,6 +335,7 @@ def _finite(value: object) -> float | None:
 
 
 _COLOURS = {**VERDICT_COLOURS, "error": "#cf222e"}
+"""A claims x models cell's colour by its first word (an error is a failure there)."""
 
 
 def summary_table(outcomes: Mapping[tuple[str, str], str], *, claims: Sequence[str], models: Sequence[str],
@@ -314,7 +348,7 @@ def summary_table(outcomes: Mapping[tuple[str, str], str], *, claims: Sequence[s
         cells = []
         for m in models:
             outcome = outcomes.get((claim, m), "not run")
-            colour = _COLOURS.get(outcome.split()[0] if outcome else "", "#57606a")
+            colour = _COLOURS.get(outcome.split()[0] if outcome else "", MUTED_COLOUR)
             cells.append(f'<td style="color:{colour};font-weight:bold">{html.escape(outcome)}</td>')
         title = html.escape(statements.get(claim, ""), quote=True)
         rows.append(f'<tr><td title="{title}"><code>{html.escape(claim)}</code></td>{"".join(cells)}</tr>')

@@ -69,7 +69,8 @@ def test_the_summary_states_how_far_each_statistic_moved_from_the_baseline(tmp_p
     assert "<td>regression: moved by -0.3 (baseline 0.8), tolerance 0.1</td>" in html
     assert "<td>compared: moved by +0.1 (baseline 0.8), tolerance 0.1</td>" in html
     assert html.count("<td>3 / 3</td>") == 2 and "<b>failed (1 of 2 tests)</b>" in html
-    assert 'alt="Forest plot of every claim test"' in html
+    assert "aria-label='Forest plot of every claim test'" in html
+    assert "▼ regressed" in html and "<b>1</b> regressed" in html, "the regression has no marker or count"
 
 
 def test_the_recorder_keeps_every_prompt_set_tried_and_the_last_ones_rows():

@@ -12,7 +12,7 @@ from circuit.report import (
     attention_figure,
     figure_html,
     figure_png,
-    forest_figure,
+    forest_html,
     heads_of,
     heatmap,
     line_figure,
@@ -36,12 +36,6 @@ FIGURES = {
                                       labels=[f"L0H{i}" for i in range(8)]),
     "attention": lambda: attention_figure(torch.softmax(torch.randn(2, 4, 4), -1), head_labels=["L0H1", "L1H0"],
                                           tokens=["<bos>", "1", " x", "2"], title="t"),
-    "forest": lambda: forest_figure([
-        {"label": "test_a · m", "estimate": 0.9, "low": 0.85, "high": 0.95, "threshold": 0.8, "outcome": "passed"},
-        {"label": "test_b · m", "estimate": 3.0, "low": 1.0, "high": 5.0, "threshold": 4.0, "outcome": "failed"},
-        {"label": "test_c · m", "estimate": 1e-6, "low": None, "high": None, "threshold": None, "outcome": "passed"},
-        {"label": "test_d · m", "estimate": "NaN", "low": float("nan"), "high": None, "threshold": 1.0,
-         "outcome": "failed"}]),
     # a colour bar label longer than its axis is high: the cut "(patched - corrupted) / (clean - co"
     "short heatmap, long colorbar label": lambda: heatmap(
         torch.randn(2, 3), title="t", xlabel="position", ylabel="layer", xticklabels=["<bos>", "12", " ="],
@@ -123,13 +117,26 @@ def test_the_saved_image_contains_every_text_of_the_figure(name):
                         f"({x0:.0f}, {y0:.0f}, {png.size[0]} x {png.size[1]} px)")
 
 
-def test_the_forest_plot_has_a_panel_per_claim_test_with_its_interval_threshold_and_verdict_colour():
-    fig = FIGURES["forest"]()
-    panels = [ax for ax in fig.axes if ax.get_yticklabels()]
-    assert [ax.get_yticklabels()[0].get_text() for ax in panels] == ["test_a · m", "test_b · m", "test_c · m",
-                                                                       "test_d · m"]
-    lines = panels[1].get_lines()
-    bar = next(line for line in lines if line.get_linewidth() == 5)
-    assert list(bar.get_xdata()) == [1.0, 5.0] and bar.get_color() == "#cf222e"  # failed: red
-    assert [line.get_xdata()[0] for line in lines if line.get_linestyle() == "--"] == [4.0]
-    assert not [line for line in panels[2].get_lines() if line.get_linewidth() == 5]  # no interval: no bar
+FOREST = [
+    {"claim": "c<1>", "sentence": "a & b", "title": "T", "estimate": 0.9, "low": 0.85, "high": 0.95, "level": 0.9,
+     "kind": ">=", "threshold": 0.8, "rule": "CI low >= 0.8", "verdict": "supported", "marker": "regressed"},
+    {"claim": "b", "sentence": "s", "title": "", "estimate": 3.0, "low": 1.0, "high": 5.0, "level": None,
+     "kind": "<=", "threshold": 4.0, "rule": "CI high <= 4", "verdict": "inconclusive", "marker": "improved"},
+    {"claim": "c", "sentence": "s", "title": "", "estimate": 0.9999912, "low": 0.9999874, "high": 0.9999935,
+     "level": 0.97, "kind": ">=", "threshold": 1.0, "rule": "CI high >= 1", "verdict": "refuted", "marker": None},
+    {"claim": "d", "sentence": "s", "title": "", "estimate": "NaN", "low": None, "high": None, "level": None,
+     "kind": None, "threshold": None, "rule": "", "verdict": "refuted", "marker": None},
+]
+
+
+def test_the_forest_plot_is_a_row_per_claim_test_with_numbers_rule_direction_and_verdict_colour():
+    html = forest_html(FOREST)
+    rows = re.findall(r"<tr class='forest-row (\w+)'.*?</tr>", html)
+    assert rows == ["supported", "inconclusive", "refuted", "refuted"]
+    assert "<code>c&lt;1&gt;</code> a &amp; b" in html  # escaped label: claim id and short statement
+    assert "0.9 [90% CI 0.85, 0.95]" in html and "≥ 0.8" in html and "≤ 4" in html
+    assert "0.999991 [97% CI 0.999987, 0.999993]" in html, "an interval end printed as its threshold"
+    assert "style='color:#1a7f37'><b>supported</b>" in html and "style='color:#9a6700'><b>inconclusive</b>" in html
+    assert "▼ regressed" in html and "▲ improved" in html
+    assert html.count("fill='#9a6700'") == 2, "the inconclusive row's bar and dot are not in its verdict's colour"
+    assert "no finite statistic" in html  # a NaN row draws no bar

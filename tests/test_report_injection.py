@@ -73,11 +73,21 @@ def test_the_model_part_of_a_test_id_is_a_safe_charset(tmp_path):
 
 
 def test_a_mathtext_model_name_in_a_figure_is_drawn_as_text():
-    from circuit.report import figure_html, forest_figure
+    import torch
 
-    row = {"label": f"claim · {HOSTILE}", "estimate": 0.5, "low": 0.1, "high": 0.9, "threshold": 0.2,
-           "outcome": "passed"}
-    assert "data:image/png;base64," in figure_html(forest_figure([row]))
+    from circuit.report import figure_html, heatmap
+
+    figure = heatmap(torch.randn(2, 2), title=f"claim · {HOSTILE}", xlabel=HOSTILE, ylabel="layer")
+    assert "data:image/png;base64," in figure_html(figure)
+
+
+def test_a_hostile_name_in_the_forest_plot_is_text():
+    from circuit.report import forest_html
+
+    row = {"claim": SCRIPT, "sentence": HOSTILE, "title": SCRIPT, "estimate": 0.5, "low": 0.1, "high": 0.9,
+           "kind": ">=", "threshold": 0.2, "rule": SCRIPT, "verdict": SCRIPT, "marker": None}
+    html = forest_html([row])
+    assert SCRIPT not in html and "&lt;img src=x onerror=document.body.dataset.pwned=1&gt;" in html
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +111,7 @@ def test_a_report_of_hostile_names_has_its_figures_and_no_raw_markup(hostile_rep
     html = hostile_report.read_text()
     assert SCRIPT not in html, "the hostile name is in the file unescaped"
     assert "&lt;img src=x onerror=document.body.dataset.pwned=1&gt;" in html, "the model's name is not shown"
-    assert 'alt="Forest plot of every claim test" src="data:image/png;base64,' in html
+    assert "aria-label='Forest plot of every claim test'" in html and "data:image/png;base64," in html
     assert "figure" in html and " failed: " not in html, "a figure failed to draw"
 
 
