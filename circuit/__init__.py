@@ -6,7 +6,8 @@ One concept per module: ``models`` (loading a model as a TransformerLens bridge 
 (bridge vs HF), ``patching`` (activation and attribution patching), ``attribution`` (direct logit
 attribution, logit lens), ``attention`` (attention summaries), ``stats`` (bootstrap intervals), ``spec``
 (claim specs), ``lab`` (the statistics claims are judged on), ``discover`` (drafting a spec),
-``evidence`` (evidence files and baselines), ``report`` (figures), ``evaluation`` (exact-match accuracy),
+``evidence`` (evidence files and baselines), ``report`` (figures and the forest plot), ``palette`` (the report's
+colours and their contrast), ``numbers`` (digits enough to tell numbers apart), ``evaluation`` (exact-match accuracy),
 ``mutants`` (mutation testing of the claims: ``python -m circuit.mutants``).
 """
 
@@ -49,6 +50,8 @@ from circuit.models import TokenizerError as TokenizerError
 from circuit.models import UnsafeWeightsError as UnsafeWeightsError
 from circuit.models import check_tokenizer as check_tokenizer
 from circuit.models import load_model as load_model
+from circuit.numbers import interval_text as interval_text
+from circuit.palette import contrast_ratio as contrast_ratio
 from circuit.patching import NotSignificantError as NotSignificantError
 from circuit.patching import SITES as SITES
 from circuit.patching import PatchResult as PatchResult

@@ -245,7 +245,7 @@ def figure_html(fig: Figure | Table, *, alt: str = "", caption: str = "") -> str
             f'style="max-width:100%"/><figcaption>{text}</figcaption></figure>')
 
 
-from circuit.palette import MARKERS, MUTED_COLOUR, TEXT_COLOUR, VERDICT_COLOURS  # noqa: E402 (re-exported)
+from circuit.palette import BAR_OPACITY, MARKERS, MUTED_COLOUR, TEXT_COLOUR, VERDICT_COLOURS  # noqa: E402
 
 SYMBOLS = {">=": "≥", "<=": "≤", ">": ">", "<": "<", "excludes": "≠"}
 """How the forest plot prints a rule's direction."""
@@ -280,7 +280,8 @@ def forest_html(rows: Sequence[Mapping], *, plot_width: int = 220) -> str:
         mark = (f" <span class='claims-marker' style='color:{marker[1]}' title='{html.escape(marker[2], quote=True)}'>"
                 f"{marker[0]} {html.escape(str(row['marker']))}</span>" if marker else "")
         body.append(
-            f"<tr class='forest-row {html.escape(verdict, quote=True)}' title='{html.escape(str(row.get('title', '')), quote=True)}'>"
+            f"<tr class='forest-row {html.escape(verdict, quote=True)}' "
+            f"title='{html.escape(str(row.get('title', '')), quote=True)}'>"
             f"<td class='forest-label'><code>{html.escape(str(row.get('claim', '')))}</code> "
             f"{html.escape(str(row.get('sentence', '')))}</td>"
             f"<td class='forest-plot'>{_forest_svg(estimate, low, high, threshold, colour, plot_width)}</td>"
@@ -315,9 +316,9 @@ def _forest_svg(estimate: float | None, low: float | None, high: float | None, t
     parts = [f"<line x1='0' y1='{height / 2}' x2='{width}' y2='{height / 2}' stroke='#d0d7de' stroke-width='1'/>"]
     if low is not None and high is not None:
         parts.append(f"<rect x='{x(low)}' y='{height / 2 - 3}' width='{max(1.0, x(high) - x(low))}' height='6' "
-                     f"fill='{colour}' fill-opacity='0.55'/>")
+                     f"fill='{colour}' fill-opacity='{BAR_OPACITY}'/>")
     if estimate is not None:
-        parts.append(f"<circle cx='{x(estimate)}' cy='{height / 2}' r='4' fill='{colour}'/>")
+        parts.append(f"<circle cx='{x(estimate)}' cy='{height / 2}' r='4' fill='{colour}' stroke='#ffffff'/>")
     if threshold is not None:
         parts.append(f"<line x1='{x(threshold)}' y1='0' x2='{x(threshold)}' y2='{height}' stroke='{TEXT_COLOUR}' "
                      f"stroke-width='1.5' stroke-dasharray='3,2'/>")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from circuit.evidence import ClaimEvidence, record_to_dict
@@ -89,3 +90,32 @@ def test_the_recorder_keeps_every_prompt_set_tried_and_the_last_ones_rows():
     assert recorder.tries[0]["first_prompt"] == "some text"
     assert recorder.prompts == [[Problem(12, 34).prompt, "408", "409", Problem(56, 78).prompt]]
     assert recorder.last.estimate == 0.5
+
+
+def test_hypothesis_example_goes_to_the_report_escaped():
+    record = ClaimEvidence(claim_id="c", test="test_a", statistic="s", estimate=0.5, low=0.4, high=0.6,
+                           threshold="CI low >= 0.8", outcome="failed", verdict="refuted")
+    notes = "Failing test case: test_a(claim=<x>)\nYou can reproduce this test case by @reproduce_failure('6', b'AX')"
+    html = evidence_html({"model": "m", "hypothesis": notes}, record, {})
+    assert "<summary>hypothesis' failing example and how to reproduce it</summary>" in html
+    assert "test_a(claim=&lt;x&gt;)" in html and "@reproduce_failure(&#x27;6&#x27;, b&#x27;AX&#x27;)" in html
+    assert "failed (refuted)" in html and "style='color:#cf222e'>refuted</b>" in html
+
+
+def test_the_summary_reads_a_structured_comparison_when_records_carry_one(tmp_path: Path):
+    """Records with ``evidence.comparison`` (the structured baseline comparison): its status gives the marker
+    and the count; colour stays the verdict's."""
+    state = ClaimsSession(models=["m"], device=None, dtype="float32", revision=None, trust_remote_code=False,
+                          spec_path=None, baseline=None, update_baseline=False, baseline_missing="fail",
+                          reports=tmp_path, runs_claims=True, collect_only=False, worker=False)
+    for test, status in (("test_a", "regressed"), ("test_b", "improved"), ("test_c", "unchanged")):
+        record = record_to_dict(ClaimEvidence(claim_id="c", test=test, statistic="s", estimate=0.9, low=0.85,
+                                              high=0.95, threshold="CI low >= 0.8", holds=True, outcome="passed",
+                                              verdict="supported"))
+        record["comparison"] = {"status": status}
+        state.records[test] = {"nodeid": test, "model": "m", "test": test, "evidence": record, "tries": []}
+    html = summary_html(state, [])
+    assert "<b>3</b> supported" in html and "<b>1</b> regressed" in html and "<b>1</b> improved" in html
+    assert html.count("▼ regressed</span>") == 2 and html.count("▲ improved</span>") == 2  # forest and table
+    rows = re.findall(r"<tr class='forest-row (\w+)'.*?class='forest-verdict' style='color:(#\w+)'", html)
+    assert rows == [("supported", "#1a7f37")] * 3 and "fill='#cf222e'" not in html, "a supported claim drawn in red"

@@ -30,7 +30,17 @@ from pathlib import Path
 
 import pytest
 
-from circuit.palette import BACKGROUNDS, LINK_COLOUR, MARKERS, MUTED_COLOUR, TEXT_COLOUR, VERDICT_COLOURS, contrast_ratio
+from circuit.palette import (
+    BACKGROUNDS,
+    BAR_OPACITY,
+    LINK_COLOUR,
+    MARKERS,
+    MUTED_COLOUR,
+    TEXT_COLOUR,
+    VERDICT_COLOURS,
+    contrast_ratio,
+    over_white,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -43,7 +53,8 @@ AA = 4.5
 PROBE = """<script>
 window.addEventListener('load', () => setTimeout(() => {
   const hex = c => { const m = c.match(/rgba?\\(([\\d.]+), ([\\d.]+), ([\\d.]+)(?:, ([\\d.]+))?\\)/);
-    return m && (m[4] === undefined || +m[4] > 0) ? '#' + [m[1], m[2], m[3]].map(v => (+v).toString(16).padStart(2, '0')).join('') : null; };
+    return m && (m[4] === undefined || +m[4] > 0)
+      ? '#' + [m[1], m[2], m[3]].map(v => (+v).toString(16).padStart(2, '0')).join('') : null; };
   const background = e => { for (; e; e = e.parentElement) { const c = hex(getComputedStyle(e).backgroundColor);
     if (c) return c; } return '#ffffff'; };
   const box = e => { if (!e) return null; const r = e.getBoundingClientRect();  /* in page coordinates */
@@ -51,7 +62,8 @@ window.addEventListener('load', () => setTimeout(() => {
             text: e.innerText}; };
   const texts = [];
   for (const e of document.querySelectorAll('body *')) {
-    const own = [...e.childNodes].filter(n => n.nodeType === 3 && n.textContent.trim()).map(n => n.textContent.trim()).join(' ');
+    const own = [...e.childNodes].filter(n => n.nodeType === 3 && n.textContent.trim())
+                                 .map(n => n.textContent.trim()).join(' ');
     const r = e.getBoundingClientRect(), style = getComputedStyle(e);
     if (!own || r.width === 0 || r.height === 0 || style.visibility === 'hidden') continue;
     texts.push({text: own.slice(0, 60), colour: hex(style.color), background: background(e)});
@@ -88,6 +100,11 @@ def test_every_colour_of_the_palette_meets_wcag_aa_on_every_background():
     failing = {pair: ratio for pair, ratio in ratios.items() if ratio < AA}
     assert not failing, f"text below {AA}:1 contrast: {failing}"
     assert min(ratios.values()) >= 4.5
+
+
+def test_every_forest_bar_keeps_3_to_1_against_white_as_graphics_must():
+    ratios = {v: round(contrast_ratio(over_white(c, BAR_OPACITY), "#ffffff"), 2) for v, c in VERDICT_COLOURS.items()}
+    assert min(ratios.values()) >= 3.0, ratios
 
 
 def test_the_reports_css_uses_only_palette_colours_for_text():
