@@ -71,8 +71,10 @@ class Interval:
         return (self.low > value) | (self.high < value)
 
     def __str__(self) -> str:
-        if self.estimate.numel() == 1:
-            return f"{self.estimate.item():.4g} [{self.level:.0%} CI {self.low.item():.4g}, {self.high.item():.4g}]"
+        if self.estimate.numel() == 1:  # digits enough to tell the ends apart (circuit.numbers)
+            from circuit.numbers import interval_text
+
+            return interval_text(self.estimate.item(), self.low.item(), self.high.item(), level=self.level)
         return f"Interval(shape={tuple(self.estimate.shape)}, level={self.level})"
 
 
