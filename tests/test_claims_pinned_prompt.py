@@ -149,3 +149,14 @@ def test_the_drafted_tolerance_covers_the_default_model_s_low_precision_noise(de
             _, rounded = teacher_forced_probabilities(low.bridge, low.tokenizer, *args)
             worst = max(worst, float((rounded - reference).abs().max()))
         assert 0 < worst < pinned.DRAFT_ATOL.at(dtype), (dtype, worst)
+
+
+def test_a_judgement_on_an_interval_not_over_prompts_says_how_it_was_made():
+    from circuit.decision import Judgement, Look, Rule, Scheme
+
+    rule = Rule(">=", 0)
+    value = pinned._interval(-0.5, -0.6, -0.4)
+    judged = Judgement(rule, Scheme(0.05, n_sets=3), (Look(1, value, rule.verdict(value)),), bound="the value +- 0.1")
+    text = judged.explain("slack")
+    assert "REFUTED" in text and "Judged on an interval that is not over prompts: the value +- 0.1." in text
+    assert "prompt set(s)" not in text

@@ -310,6 +310,9 @@ def test_a_false_spec_refutes_each_size_claim_on_the_trained_model(false_run, te
     assert claim["outcome"] == "failed" and claim["verdict"] == "refuted", result.stdout[-3000:]
     assert claim["statistic"].startswith(statistic), claim["statistic"]
     assert claim["low"] <= claim["estimate"] <= claim["high"]
+    if test.startswith("test_pinned"):  # one prompt: the interval is the value within atol, and the message says so
+        assert claim["tail"] is None and "+- atol[float32] = 0.0001 (one prompt: no bootstrap)" in claim["statistic"]
+        assert "Judged on an interval that is not over prompts: one prompt per reading" in result.stdout
 
 
 @pytest.mark.parametrize("test", ["test_the_clean_margin_is_small", "test_the_clean_margin_is_positive",
