@@ -10,10 +10,12 @@ over prompts, carry at least ``min_share`` of the summed |mean effect| of all he
 each head's effect being its direct logit attribution (``attribution``) or its z patching effect (``z_patching``:
 ``patched - corrupted`` with its output patched at every position; ``circuit.measures.head_values``). The share
 is bounded (between ``k / n_heads`` and 1), so its bootstrap behaves where a ratio "top k over the rest" would
-have a long tail when the rest is small, as ``mlp-over-attention`` judges a share rather than a ratio. The k
-largest are taken inside each resample: the claim is that *some* k heads carry the effect, not which (the
-named heads are ``named-heads``'). Equal heads give ``k / n_heads``: a ``min_share`` at or below that says
-nothing, and the test refuses it.
+have a long tail when the rest is small, as ``mlp-over-attention`` judges a share rather than a ratio. The claim
+is that *some* k heads carry the effect, not which (the named heads are ``named-heads'``), so the k heads are
+chosen on the data; they are chosen on the set's first prompts and their share measured on the others, held fixed
+in every resample (``circuit.measures.chosen_top_share``): chosen and measured on the same prompts, their share
+would be biased upward where the k-th and the (k+1)-th heads tie, and a false claim supported too often. Equal
+heads give ``k / n_heads``: a ``min_share`` at or below that says nothing, and the test refuses it.
 """
 
 from __future__ import annotations
@@ -68,17 +70,13 @@ def says_nothing(min_share: float, top_k: int, n_heads: int) -> str | None:
             f"{uniform:.3g}.")
 
 
-def top_share(magnitude, top_k: int):
-    """``[..., n]`` magnitudes -> ``[...]``: the sum of the ``top_k`` largest over the sum of all ``n``."""
-    return magnitude.topk(top_k, dim=-1).values.sum(-1) / magnitude.sum(-1)
-
-
 def top_k_share(lab, ps, by: str, top_k: int):
-    """Interval over prompts of the share of the summed |mean effect| of all heads that the ``top_k`` largest carry."""
+    """Interval over prompts of the share of the summed |mean effect| of all heads that the ``top_k`` largest carry,
+    chosen on the set's first prompts and measured on the rest (``circuit.measures.chosen_top_share``)."""
     values = measures.head_values(lab, ps, by).double().flatten(0, 1)  # [layer * head, batch]
     if not 0 < top_k < values.shape[0]:
         raise ValueError(f"top_k={top_k} with {values.shape[0]} heads: use 1 <= top_k < {values.shape[0]}.")
-    return lab.ci(values, lambda x: top_share(x.mean(-1).abs(), top_k))
+    return measures.chosen_top_share(lab, values, top_k)
 
 
 def _figures(lab, ps, by, top_k):

@@ -152,6 +152,21 @@ def test_top_k_share_is_the_k_largest_mean_magnitudes_over_all_of_them():
         sparsity.top_k_share(lab, None, "z_patching", 4)
 
 
+def test_the_top_heads_are_chosen_on_the_first_prompts_and_measured_on_the_others():
+    from circuit.decision import Inconclusive
+    from circuit.measures import chosen_top_share
+
+    lab = Given()
+    values = torch.zeros(3, 8, dtype=torch.float64)
+    values[0, :2] = 10.0  # head 0 is largest on the 2 prompts that choose (8 prompts, at least 5 measure)...
+    values[1] = 4.0       # ...head 1 on the 6 that measure: there head 0 carries 0 of 4 + 1
+    values[2] = 1.0
+    assert point(chosen_top_share(lab, values, 1)) == pytest.approx(0.0)
+    assert point(chosen_top_share(lab, values, 2)) == pytest.approx(4 / 5)  # heads 0 and 1 chosen
+    with pytest.raises(Inconclusive, match=r"a set needs 6 prompts; this one has 5"):
+        chosen_top_share(lab, values[:, :5], 1)
+
+
 def test_equal_heads_give_the_uniform_share_and_a_min_share_there_is_refused():
     lab = Given(attribution=constant([[1.0, -1.0], [1.0, -1.0]]))
     assert point(sparsity.top_k_share(lab, None, "attribution", 1)) == pytest.approx(0.25)
