@@ -189,6 +189,9 @@ class Judgement:
     """The prompts of the last look (the drawn set, grown by the batches added while inconclusive)."""
     reason: str = ""
     """Why the claim could not be judged (a precondition), when it could not."""
+    bound: str = ""
+    """How the interval was made when it is not a bootstrap over prompts (e.g. one pinned prompt's value within a
+    stated numerical tolerance): the failure message says this instead of the prompt sets' error rates."""
 
     @property
     def verdict(self) -> Verdict:
@@ -237,7 +240,9 @@ class Judgement:
             lines.append("REFUTED: the interval lies wholly on the other side of the threshold.")
         if self.history:
             lines.append(f"Looks: {self.history}.")
-        if self.rule.interval:
+        if self.bound:
+            lines.append(f"Judged on an interval that is not over prompts: {self.bound}.")
+        elif self.rule.interval:
             lines.append(f"Judged {self.scheme.text(self.rule)}.")
         else:
             lines.append("Judged on the number itself (an identity or a count: no interval, no error rate).")

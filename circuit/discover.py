@@ -335,7 +335,8 @@ def _toml_field(name: str, value: Any) -> list[str]:
     from dataclasses import fields, is_dataclass
 
     if isinstance(value, tuple) and value and is_dataclass(value[0]):
-        rows = ["{ " + ", ".join(f"{f.name} = {_toml_value(getattr(v, f.name))}" for f in fields(v)) + " },"
+        rows = ["{ " + ", ".join(f"{f.name} = {_toml_value(getattr(v, f.name))}" for f in fields(v)
+                                 if getattr(v, f.name) is not None) + " },"  # None: left out, the field's default
                 for v in value]
         return [f"{name} = ["] + [f"    {row}" for row in rows] + ["]"]
     return [f"{name} = {_toml_value(value)}"]

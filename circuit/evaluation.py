@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from circuit.task import Problem
 
-__all__ = ["AnswerPrediction", "ExactMatchResult", "answer_predictions", "exact_match_accuracy"]
+__all__ = ["AnswerPrediction", "ExactMatchResult", "answer_predictions", "exact_match_accuracy",
+           "teacher_forced_probabilities"]
 
 
 @dataclass(frozen=True)
@@ -164,3 +165,38 @@ def exact_match_accuracy(
                                      require_stop=require_stop, device=device)
     return ExactMatchResult(tuple(problems), tuple(p.correct for p in predictions),
                             tuple(p.first_error for p in predictions))
+
+
+@torch.no_grad()
+def teacher_forced_probabilities(
+    model: Any,
+    tokenizer: Any,
+    prompt: str,
+    answer: str,
+    *,
+    prepend_bos: bool = True,
+    device: str | torch.device | None = None,
+) -> tuple[tuple[int, ...], Float[Tensor, "pos d_vocab"]]:
+    """What TransformerLens' ``utils.test_prompt(prompt, answer, model, prepend_bos=True)`` prints, as numbers: the
+    answer's token ids and, at each of them, the next-token probabilities with the answer teacher-forced (row ``i``:
+    the distribution the model gives answer token ``i`` after ``BOS + prompt + answer[:i]``; softmax in float32).
+    ``prompt`` and ``answer`` are tokenized separately, as ``test_prompt`` does; any text works.
+
+    Raises:
+        ValueError: an empty prompt or answer (one line naming it).
+    """
+    if not prompt or not answer:
+        raise ValueError(f"prompt {prompt!r}, answer {answer!r}: both must be non-empty text (the answer is "
+                         f"teacher-forced after the prompt and read token by token).")
+    eos = tokenizer.eos_token_id
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+    if prepend_bos and bos is None:
+        raise ValueError("The tokenizer has no BOS or EOS token to prepend: pass prepend_bos=False.")
+    if device is None:
+        first = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+        device = first.device if first is not None else torch.device("cpu")
+    start = ([bos] if prepend_bos else []) + _ids(tokenizer, prompt)
+    answer_ids = _ids(tokenizer, answer)
+    tokens = torch.tensor([start + answer_ids], device=device)
+    logits = _logits(model, tokens)[0, len(start) - 1 : len(start) - 1 + len(answer_ids)]
+    return tuple(answer_ids), logits.float().softmax(-1).cpu()

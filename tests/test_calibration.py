@@ -11,7 +11,10 @@ Statistics of every kind the claims use:
 - ``ratio``: a ratio of means (the MLP share, band ratios);
 - ``gap``: a component's |mean| minus that of the best component ranked beyond top_k (named heads and cells);
 - ``correlation``: a correlation across heads of per-head means (value + pattern vs output);
-- ``min``: the smallest of several means (the weakest named head's sign, the smallest layer effect).
+- ``min``: the smallest of several means (the weakest named head's sign, the smallest layer effect);
+- ``share``: the share of the summed |mean| of all components that the top k carry, chosen on other prompts (head
+  sparsity); at its boundary the top two of 8 heads tie, the case where choosing on the measured prompts would
+  count the winner's luck.
 
 For each, the claim is made false by the smallest margin there is (its truth sits on the threshold, the hardest
 case) and the false-support rate of one set, the binding case of the intersection-union test, must be at most the
@@ -30,7 +33,7 @@ import torch
 from circuit import decision
 from circuit.decision import Rule, Scheme, Verdict, required_margin
 from circuit.lab import Lab
-from circuit.measures import top_k_gap
+from circuit.measures import chosen_top_share, top_k_gap
 from circuit.spec import load_spec
 
 SPEC = Path(__file__).resolve().parent.parent / "claims" / "specs" / "test-models.toml"
@@ -118,7 +121,12 @@ STATISTICS = {
     "correlation": (_correlation, Rule(">=", TRUE_CORRELATION),
                     lambda v: _normal(torch.stack([HEAD_A, HEAD_B + 0 * v]), 1.0)),
     "min": (lambda x: x.mean(-1).amin(-1), Rule(">", 0.0), lambda v: _normal([v, v + 0.3, v + 1.0])),
+    # two tied heads of 8, each carrying the share v: their means are 6v / (1 - 2v) against 1 for each of the others
+    "share": (None, Rule(">", 0.3), lambda v: _normal([6 * v / (1 - 2 * v)] * 2 + [1.0] * 6)),
 }
+
+MEASURES = {"share": lambda lab, ps: chosen_top_share(lab, ps.values, 1)}
+"""Kinds whose interval is not ``lab.ci`` of one statistic over all the prompts."""
 
 
 def support_rate(kind: str, true_value: float, *, runs: int, n_sets: int, seed: int) -> float:
@@ -132,7 +140,8 @@ def support_rate(kind: str, true_value: float, *, runs: int, n_sets: int, seed: 
         verdicts = []
         for _ in range(n_sets):
             first = Synthetic(draw(SIZE, generator))
-            judged = lab.judge(rule, first, lambda lab, ps: lab.ci(ps.values, statistic), n_sets=n_sets)
+            measure = MEASURES.get(kind, lambda lab, ps: lab.ci(ps.values, statistic))
+            judged = lab.judge(rule, first, measure, n_sets=n_sets)
             verdicts.append(judged.verdict)
             if judged.verdict is not Verdict.SUPPORTED:
                 break
@@ -150,7 +159,7 @@ def assert_calibrated(rate: float, runs: int, what: str) -> None:
 def test_a_false_claim_is_supported_at_most_at_the_stated_level(kind):
     """The truth on the threshold: the claim is false by the smallest margin there is (for ``correlation`` the
     sample correlation of noisy means is pulled below the true one, so the boundary is conservative)."""
-    boundary = {"mean": 0.0, "ratio": 1.0, "gap": 0.0, "correlation": 0.0, "min": 0.0}[kind]
+    boundary = {"mean": 0.0, "ratio": 1.0, "gap": 0.0, "correlation": 0.0, "min": 0.0, "share": 0.3}[kind]
     rate = support_rate(kind, boundary, runs=RUNS, n_sets=1, seed=1)
     print(f"\n{kind}: false claim (on its threshold) supported in {rate:.3f} of {RUNS} one-set claim tests")
     assert_calibrated(rate, RUNS, kind)
