@@ -19,6 +19,7 @@ from circuit.attribution import LayerAttribution as LayerAttribution
 from circuit.attribution import LogitLens as LogitLens
 from circuit.attribution import ResidualDirections as ResidualDirections
 from circuit.attribution import attribution_target as attribution_target
+from circuit.attribution import direct_patch_effects as direct_patch_effects
 from circuit.attribution import head_attribution as head_attribution
 from circuit.attribution import layer_attribution as layer_attribution
 from circuit.attribution import logit_lens as logit_lens
