@@ -4,7 +4,7 @@ One concept per module: ``models`` (loading a model as a TransformerLens bridge 
 ``task`` (multiplication problems and perturbed answers), ``prompts`` (token batches that line up),
 ``metrics`` (logit and log-prob differences), ``strategies`` (hypothesis strategies), ``equivalence``
 (bridge vs HF), ``patching`` (activation and attribution patching), ``attribution`` (direct logit
-attribution, logit lens), ``attention`` (attention summaries), ``stats`` (bootstrap intervals), ``spec``
+attribution, logit lens), ``attention`` (attention summaries), ``bands`` (early, middle and late layers), ``stats`` (bootstrap intervals), ``spec``
 (claim specs), ``lab`` (the statistics claims are judged on), ``discover`` (drafting a spec),
 ``evidence`` (evidence files and baselines), ``report`` (figures), ``evaluation`` (exact-match accuracy),
 ``mutants`` (mutation testing of the claims: ``python -m circuit.mutants``).
@@ -24,6 +24,8 @@ from circuit.attribution import head_attribution as head_attribution
 from circuit.attribution import layer_attribution as layer_attribution
 from circuit.attribution import logit_lens as logit_lens
 from circuit.attribution import residual_directions as residual_directions
+from circuit.bands import EmptyBandError as EmptyBandError
+from circuit.bands import draft_bands as draft_bands
 from circuit.equivalence import Equivalence as Equivalence
 from circuit.equivalence import compare_models as compare_models
 from circuit.evaluation import ExactMatchResult as ExactMatchResult

@@ -280,7 +280,7 @@ def _draft_late_value_heads(ctx: DraftContext):
 @drafts("pattern-bands")
 def _draft_pattern_bands(ctx: DraftContext):
     early, late, where = ctx.bands.early_until_layer, ctx.bands.late_from_layer, ctx.bands.where
-    if not 1 <= early < late < ctx.n_layers:
+    if not ctx.bands.has_middle:
         return None, (f"not stated: {where} start at layer {late} of {ctx.n_layers}, leaving no room for an early "
                       f"and a middle band of at least one layer each")
 
