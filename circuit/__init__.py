@@ -4,7 +4,7 @@ One concept per module: ``models`` (loading a model as a TransformerLens bridge 
 ``task`` (multiplication problems and perturbed answers), ``prompts`` (token batches that line up),
 ``metrics`` (logit and log-prob differences), ``strategies`` (hypothesis strategies), ``equivalence``
 (bridge vs HF), ``patching`` (activation and attribution patching), ``attribution`` (direct logit
-attribution, logit lens), ``attention`` (attention summaries), ``stats`` (bootstrap intervals), ``spec``
+attribution, logit lens), ``attention`` (attention summaries), ``bands`` (early, middle and late layers), ``stats`` (bootstrap intervals), ``spec``
 (claim specs), ``lab`` (the statistics claims are judged on), ``discover`` (drafting a spec),
 ``evidence`` (evidence files and baselines), ``report`` (figures and the forest plot), ``palette`` (the report's
 colours and their contrast), ``numbers`` (digits enough to tell numbers apart), ``evaluation`` (exact-match accuracy),
@@ -20,10 +20,13 @@ from circuit.attribution import LayerAttribution as LayerAttribution
 from circuit.attribution import LogitLens as LogitLens
 from circuit.attribution import ResidualDirections as ResidualDirections
 from circuit.attribution import attribution_target as attribution_target
+from circuit.attribution import direct_patch_effects as direct_patch_effects
 from circuit.attribution import head_attribution as head_attribution
 from circuit.attribution import layer_attribution as layer_attribution
 from circuit.attribution import logit_lens as logit_lens
 from circuit.attribution import residual_directions as residual_directions
+from circuit.bands import EmptyBandError as EmptyBandError
+from circuit.bands import draft_bands as draft_bands
 from circuit.equivalence import Equivalence as Equivalence
 from circuit.equivalence import compare_models as compare_models
 from circuit.evaluation import ExactMatchResult as ExactMatchResult

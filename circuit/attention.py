@@ -1,7 +1,7 @@
 """Attention summaries: where each head looks, in a few numbers per head.
 
 An attention pattern ``pattern[batch, head, dest, src]`` is, for every query (destination) position, a
-probability distribution over the key (source) positions it may see. Three summaries per head say most of
+probability distribution over the key (source) positions it may see. Four summaries per head say most of
 what the source analysis read off its plots:
 
 - **attention to BOS**: the weight on the first real token. A head that parks its attention there
@@ -12,7 +12,9 @@ what the source analysis read off its plots:
   the causal past from BOS on, and only the last few positions in a sliding-window layer (Gemma-2's local
   layers), so a head uniform over its window has normalized entropy 1 on every architecture;
 - **attention to the operands**: the weight on the digit tokens of ``a`` and of ``b`` (the first and second
-  runs of digit tokens after BOS; the answer's digits, in teacher-forced rows, are not operands).
+  runs of digit tokens after BOS; the answer's digits, in teacher-forced rows, are not operands);
+- **attention to itself**: the weight a query puts on its own position (the diagonal of the pattern; from
+  the final position, the weight on the final token).
 
 Each is computed for the final query position (``query="final"``, where the answer is predicted) or
 averaged over all query positions after BOS (``query="all"``; the BOS query, which can only see itself, is
@@ -108,6 +110,7 @@ class AttentionSummary:
         to_operand_b: total attention weight on the digits of the second operand.
         entropy: entropy of the pattern in nats.
         normalized_entropy: entropy / log(number of visible keys): 1 uniform, 0 a single key.
+        to_self: attention weight on the query's own position (the pattern's diagonal).
     """
 
     query: str
@@ -116,6 +119,7 @@ class AttentionSummary:
     to_operand_b: Float[Tensor, "layer head batch"]
     entropy: Float[Tensor, "layer head batch"]
     normalized_entropy: Float[Tensor, "layer head batch"]
+    to_self: Float[Tensor, "layer head batch"]
 
     @property
     def to_operands(self) -> Float[Tensor, "layer head batch"]:
@@ -130,7 +134,7 @@ class AttentionSummary:
 
     def top_k(self, field: str, k: int, *, by: TopBy = "positive") -> list[tuple[str, float]]:
         """The ``k`` heads with the largest prompt-mean of ``field`` (e.g. ``"to_bos"``), with values."""
-        names = ("to_bos", "to_operand_a", "to_operand_b", "to_operands", "entropy", "normalized_entropy")
+        names = ("to_bos", "to_operand_a", "to_operand_b", "to_operands", "entropy", "normalized_entropy", "to_self")
         if field not in names:
             raise ValueError(f"field={field!r}: choose one of {names}.")
         return _top_k(getattr(self, field).mean(-1).flatten(), self.labels, k, by)
@@ -207,8 +211,9 @@ def summarize_attention(
     entropy = -plogp.sum(-1)
     log_keys = keys_visible.to(patterns.dtype).log()  # 0 where a query sees one key
     normalized = torch.where(log_keys > 0, entropy / log_keys.clamp(min=1e-30), torch.zeros_like(entropy))
+    to_self = patterns.diagonal(dim1=-2, dim2=-1)  # layer batch head dest: each query's weight on itself
     return AttentionSummary(query, over_queries(to_bos), over_queries(to_a), over_queries(to_b),
-                            over_queries(entropy), over_queries(normalized))
+                            over_queries(entropy), over_queries(normalized), over_queries(to_self))
 
 
 @dataclass(frozen=True, eq=False)

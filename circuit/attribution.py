@@ -90,6 +90,7 @@ __all__ = [
     "LogitLens",
     "ResidualDirections",
     "attribution_target",
+    "direct_patch_effects",
     "head_attribution",
     "head_label",
     "head_results",
@@ -556,6 +557,29 @@ def layer_attribution(model: Any, cache_or_tokens: Any, directions: ResidualDire
                           final[directions.rows, directions.positions], f"Components: {labels}.", len(labels))
         values = directions.project(vectors, _final_scale(bridge, cache, directions))
     return LayerAttribution(values.detach(), tuple(labels), directions.constant, directions.kind)
+
+
+def direct_patch_effects(model: Any, clean_cache: Any, corrupted_cache: Any,
+                         directions: ResidualDirections) -> LayerAttribution:
+    """The *direct* effect of patching each component's clean output into the corrupted run at the reads.
+
+    For component ``c`` (``decompose_resid``'s labels), ``<(c_clean - c_corrupted) / scale, direction>`` at
+    the positions the metric reads, with the corrupted run's final-norm scale frozen: what the patch changes
+    through the path from ``c`` straight to the logits, leaving out everything it changes in later layers.
+    Activation patching of ``c`` at the read position measures the *total* effect (direct plus through later
+    layers; ``circuit.patching``); the difference is the indirect effect. Both runs must be of the same token
+    shape (the metric reads the same positions in both). ``constant`` is zero (the bias terms cancel).
+    """
+    bridge = _bridge(model)
+    clean, corrupted = run_cache(model, clean_cache), run_cache(model, corrupted_cache)
+    _check_shape(clean, directions)
+    _check_shape(corrupted, directions)
+    with torch.no_grad():
+        stacks = [cache.decompose_resid(layer=-1, return_labels=True) for cache in (clean, corrupted)]
+        (clean_stack, labels), (corrupted_stack, _) = stacks
+        moved = directions.gather(clean_stack).float() - directions.gather(corrupted_stack).float()
+        values = directions.project(moved, _final_scale(bridge, corrupted, directions))
+    return LayerAttribution(values.detach(), tuple(labels), torch.zeros_like(directions.constant), directions.kind)
 
 
 def _heads_at(

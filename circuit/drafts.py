@@ -152,6 +152,25 @@ class DraftContext:
         rounded up to the grid."""
         return ceil_to(width_of(self.intervals(measure, held_out=True)), self.options.grid)
 
+    def top_heads(self, k: int) -> list[tuple[int, int]]:
+        """The ``k`` heads ``(layer, head)`` with the largest |z patching effect|, averaged over the draft sets'
+        means (the ranking named-heads drafts with), largest first."""
+        import torch
+
+        from circuit.measures import head_values
+
+        z = torch.stack([head_values(self.lab, ps, "z_patching").mean(-1) for ps in self.sets]).mean(0)
+        order = z.abs().flatten().argsort(descending=True, stable=True)[:k].tolist()
+        return [divmod(flat, self.n_heads) for flat in order]
+
+    @property
+    def bands(self) -> Any:
+        """The bands of layers a band claim is drafted with (``circuit.bands.draft_bands``: late from
+        final-token localization, else two thirds up; early the first sixth)."""
+        from circuit.bands import draft_bands
+
+        return draft_bands(self.n_layers, self.late_from_layer)
+
     @property
     def late_from_layer(self) -> int | None:
         """The late layers found by final-token localization (None when that claim is not stated)."""

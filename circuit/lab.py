@@ -337,6 +337,14 @@ class Lab:
         return self._cached((ps, "layer_attribution"),
                             lambda: layer_attribution(self.model, self.run(ps)[1], self.directions(ps)))
 
+    def direct_effects(self, ps: Any):
+        """The direct effect of patching each component's clean output into the corrupted run at the positions
+        the metric reads (``circuit.attribution.direct_patch_effects``): ``[component, batch]``, with labels."""
+        from circuit.attribution import direct_patch_effects
+
+        return self._cached((ps, "direct_effects"), lambda: direct_patch_effects(
+            self.model, self.run(ps)[1], self.run(ps, "corrupted")[1], self.directions(ps)))
+
     def attribution_target(self, ps: Any):
         """Per prompt, what the attributions add up to exactly: the metric on the clean logits, read before
         any transform the model applies after the unembedding (Gemma-2's soft-cap; see

@@ -42,6 +42,10 @@ v           one query head's output recomputed from its *corrupted* pattern and 
             *clean* values of its key/value group (so ``v`` and ``pattern`` split
             ``z``; under grouped-query attention ``hook_v`` has no query-head axis)
 v_kv        one key/value head's ``hook_v`` (shared by all query heads of its group) [layer, kv_head]
+v_pos       ``hook_v`` at one position, every key/value head (the source's "value    [layer, pos]
+            patching per head": it indexed ``hook_v[:, head]``, whose axis 1 is the
+            position, so its "head" ``h`` is the position ``h``)
+z_final     one head's ``hook_z`` at the final position only                          [layer, head]
 =========== ======================================================================== ====================
 
 :func:`attribution_patch` is the first-order (gradient) approximation of the same sweeps, for every
@@ -85,6 +89,11 @@ Cache = fwd.RunCache
 def _heads_from(pattern: Tensor, v: Tensor) -> Tensor:
     """``z [batch pos head d_head]`` of ``pattern [batch head q k]`` over grouped values ``v [batch k kv d_head]``."""
     return fwd.mix_values(pattern, v, v.shape[2])
+
+
+def _final_only(clean: Tensor, corrupted: Tensor) -> Tensor:
+    """``corrupted [batch pos ...]`` with its final position taken from ``clean`` (batches share one length)."""
+    return torch.cat([corrupted[:, :-1], clean[:, -1:]], dim=1)
 
 
 @dataclass(frozen=True)
@@ -152,6 +161,8 @@ SITES: dict[str, Site] = {
         Site("v", ("layer", "head"), "attn.hook_z", 2, 1, lambda l, c, r: _heads_from(r.pattern[l], c.v[l]), None),
         Site("v_kv", ("layer", "kv_head"), "attn.hook_v", 2, 1, lambda l, c, _: c.v[l],
              "get_act_patch_attn_head_v_all_pos"),
+        Site("v_pos", ("layer", "pos"), "attn.hook_v", 1, 1, lambda l, c, _: c.v[l], None),
+        Site("z_final", ("layer", "head"), "attn.hook_z", 2, 1, lambda l, c, r: _final_only(c.z[l], r.z[l]), None),
     )
 }
 """Every site by name (module docstring). Adding a site is one entry: the engine, the hook sweep, the naive
@@ -159,7 +170,7 @@ loop and attribution patching all work from the record."""
 
 TRANSFORMER_LENS_SWEEPS: dict[str, str] = {n: s.transformer_lens for n, s in SITES.items() if s.transformer_lens}
 """The ``transformer_lens.patching`` sweep that computes each site (``v``, per query head, has none: TL's
-value sweep patches key/value heads, which is ``v_kv``)."""
+value sweep patches key/value heads, which is ``v_kv``; ``v_pos`` and ``z_final`` have none either)."""
 
 CHECK_TOLERANCE: dict[torch.dtype, float] = {torch.float64: 1e-6, torch.float32: 1e-4, torch.float16: 1e-2,
                                              torch.bfloat16: 4e-2}

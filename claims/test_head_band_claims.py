@@ -25,6 +25,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from circuit.bands import EmptyBandError, late_over_earlier, refute_empty_bands, require_bands
 from circuit.decision import Rule
 from circuit.discover import DraftContext, drafts
 from circuit.report import heatmap, scatter_figure
@@ -90,50 +91,21 @@ class PatternExplainsLateHeads(ClaimSpec):
 # --- statistics ---------------------------------------------------------------------------------------
 
 
-class EmptyBandError(ValueError):
-    """A band of layers the statistic compares has no heads on this model."""
-
-
 def _effects(lab, ps, site):
     """``[layer, head, batch]``: the per-head patching effects of ``site`` (patched - corrupted, float64)."""
     return lab.effects(lab.patch(ps, site))
 
 
-def empty_bands(n_layers, bands):
-    """The names of the bands (``name -> range of layers``) that hold no layer of an ``n_layers`` model."""
-    return [name for name, layers in bands.items() if not any(0 <= layer < n_layers for layer in layers)]
-
-
-def _require_bands(n_layers, bands):
-    empty = empty_bands(n_layers, bands)
-    if empty:
-        raise EmptyBandError(f"the {' and '.join(empty)} band(s) hold no layer of this {n_layers}-layer model "
-                             f"({', '.join(f'{name}: layers {_span(r)}' for name, r in bands.items())}).")
-
-
-def _span(layers):
-    return f"{layers.start}..{layers.stop - 1}" if layers else "none"
-
-
 def late_value_ratio(lab, ps, late_from_layer):
     """Interval of mean_h |mean v effect| over heads in layers >= late / the same over the heads before them."""
-    v = _effects(lab, ps, "v")
-    n_layers, n_heads = v.shape[:2]
-    _require_bands(n_layers, {"late": range(late_from_layer, n_layers), "early and middle": range(late_from_layer)})
-    split = late_from_layer * n_heads
-
-    def ratio(x):  # [..., layer * head, batch]
-        size = x.mean(-1).abs()
-        return size[..., split:].mean(-1) / size[..., :split].mean(-1)
-
-    return lab.ci(v.flatten(0, 1), ratio)
+    return late_over_earlier(lab, _effects(lab, ps, "v"), late_from_layer)
 
 
 def pattern_band_ratio(lab, ps, early_until_layer, late_from_layer):
     """Interval of min(early, late) / middle, each band's mean_h |mean pattern effect|."""
     p = _effects(lab, ps, "pattern")
     n_layers, n_heads = p.shape[:2]
-    _require_bands(n_layers, {"early": range(early_until_layer), "middle": range(early_until_layer, late_from_layer),
+    require_bands(n_layers, {"early": range(early_until_layer), "middle": range(early_until_layer, late_from_layer),
                               "late": range(late_from_layer, n_layers)})
     early, late = early_until_layer * n_heads, late_from_layer * n_heads
 
@@ -182,16 +154,6 @@ def pattern_share_of_late_heads(lab, ps, late_from_layer, top_k):
 # --- the claim tests ----------------------------------------------------------------------------------
 
 
-def _refuted_by_empty_bands(verdict, n_layers, bands) -> None:
-    """Refute the claim, recording why, when a band it compares has no layer on this model."""
-    empty = empty_bands(n_layers, bands)
-    if empty:
-        verdict.value(f"layers in the {' and '.join(empty)} band(s) of this {n_layers}-layer model", 0,
-                      Rule(">=", 1, interval=False),
-                      detail=f"The spec's bands: {', '.join(f'{name} layers {_span(r)}' for name, r in bands.items())}; "
-                             f"choose bands that each hold a layer of this model.")
-
-
 def _head_heatmap(values, title, caption, highlight=()):
     return (lambda: heatmap(values, title=title, xlabel="head", ylabel="layer", colorbar_label="patched - corrupted",
                             xticklabels=[str(h) for h in range(values.shape[1])], highlight=list(highlight)),
@@ -225,7 +187,7 @@ def _value_figures(lab, prompt_set, late):
 @given(data=st.data())
 def test_late_heads_matter_most_by_value_patching(model, claim, verdict, data):
     n_layers, late = model.bridge.cfg.n_layers, claim.late_from_layer
-    _refuted_by_empty_bands(verdict, n_layers, {"late": range(late, n_layers), "early and middle": range(late)})
+    refute_empty_bands(verdict, n_layers, {"late": range(late, n_layers), "early and middle": range(late)})
     verdict.judge(data, f"mean |v patching effect| of heads in layers {late}+ / of heads in layers 0..{late - 1}",
                   lambda lab, ps: late_value_ratio(lab, ps, late), Rule(">=", claim.min_ratio, "min_ratio"),
                   figures=lambda lab, ps: _value_figures(lab, ps, late))
@@ -248,7 +210,7 @@ def _pattern_figures(lab, prompt_set, early, late):
 @given(data=st.data())
 def test_early_and_late_heads_matter_by_pattern_patching(model, claim, verdict, data):
     n_layers, early, late = model.bridge.cfg.n_layers, claim.early_until_layer, claim.late_from_layer
-    _refuted_by_empty_bands(verdict, n_layers, {"early": range(early), "middle": range(early, late),
+    refute_empty_bands(verdict, n_layers, {"early": range(early), "middle": range(early, late),
                                                 "late": range(late, n_layers)})
     verdict.judge(data, f"min(mean |pattern patching effect| of layers 0..{early - 1}, of layers {late}+) / of "
                         f"layers {early}..{late - 1}",
@@ -295,11 +257,8 @@ def test_pattern_patching_reproduces_late_heads_output_patching(model, claim, ve
 
 
 def _late_layer(ctx: DraftContext):
-    """The late layers for a draft: final-token localization's, else two thirds up (the source's 16 of 24)."""
-    if ctx.late_from_layer is not None:
-        return ctx.late_from_layer, "late layers from final-token-localization"
-    return (round(ctx.n_layers * 2 / 3),
-            "late layers two thirds up, as the source's 16 of 24 (final-token-localization not stated)")
+    """The late layers for a draft, by the band rule every band claim drafts with (``circuit.bands``)."""
+    return ctx.bands.late_from_layer, ctx.bands.where
 
 
 @drafts("late-value-heads")
@@ -320,9 +279,8 @@ def _draft_late_value_heads(ctx: DraftContext):
 
 @drafts("pattern-bands")
 def _draft_pattern_bands(ctx: DraftContext):
-    late, where = _late_layer(ctx)
-    early = max(1, min(late - 1, round(ctx.n_layers / 6)))  # the source's early heads: layers 0..3 of 24
-    if not 1 <= early < late < ctx.n_layers:
+    early, late, where = ctx.bands.early_until_layer, ctx.bands.late_from_layer, ctx.bands.where
+    if not ctx.bands.has_middle:
         return None, (f"not stated: {where} start at layer {late} of {ctx.n_layers}, leaving no room for an early "
                       f"and a middle band of at least one layer each")
 

@@ -119,6 +119,7 @@ def test_a_head_built_to_attend_to_bos_is_reported_so(built_heads, test_models, 
         summary = summarize_attention(built_heads, batch, query=query)
         assert (summary.to_bos[BOS_HEAD] > 0.99).all(), summary.to_bos[BOS_HEAD]
         assert (summary.normalized_entropy[BOS_HEAD] < 0.05).all(), summary.normalized_entropy[BOS_HEAD]
+        assert (summary.to_self[BOS_HEAD] < 0.01).all(), summary.to_self[BOS_HEAD]  # BOS, not itself
         assert summary.top_k("to_bos", 1)[0][0] == "L0H0"
     # The unedited model's L0H0 does not (so the edit, through the bridge's forward, is what did it).
     plain = summarize_attention(test_models["test-qwen2-2l"], batch)
@@ -136,6 +137,7 @@ def test_a_head_built_to_attend_uniformly_is_reported_so(built_heads, prompt_set
     torch.testing.assert_close(final.normalized_entropy[UNIFORM_HEAD], ones, atol=1e-5, rtol=0)
     torch.testing.assert_close(final.entropy[UNIFORM_HEAD], ones * math.log(n_keys), atol=1e-5, rtol=0)
     torch.testing.assert_close(final.to_bos[UNIFORM_HEAD], ones / n_keys, atol=1e-6, rtol=0)
+    torch.testing.assert_close(final.to_self[UNIFORM_HEAD], ones / n_keys, atol=1e-6, rtol=0)  # the diagonal
     digits_a = torch.tensor([len(str(p.a)) for p in clean], dtype=torch.float32)
     digits_b = torch.tensor([len(str(p.b)) for p in clean], dtype=torch.float32)
     torch.testing.assert_close(final.to_operand_a[UNIFORM_HEAD], digits_a / n_keys, atol=1e-6, rtol=0)
@@ -143,6 +145,7 @@ def test_a_head_built_to_attend_uniformly_is_reported_so(built_heads, prompt_set
     every = summarize_attention(built_heads, batch, query="all")
     expected_bos = sum(1 / (d + 1) for d in range(1, n_keys)) / (n_keys - 1)  # query d sees d + 1 keys
     torch.testing.assert_close(every.to_bos[UNIFORM_HEAD], ones * expected_bos, atol=1e-6, rtol=0)
+    torch.testing.assert_close(every.to_self[UNIFORM_HEAD], ones * expected_bos, atol=1e-6, rtol=0)  # 1 / (d + 1) too
     torch.testing.assert_close(every.normalized_entropy[UNIFORM_HEAD], ones, atol=1e-5, rtol=0)
 
 

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, reject, settings
 
 from circuit.attribution import (
     attribution_target,
+    direct_patch_effects,
     head_attribution,
     head_results,
     layer_attribution,
@@ -293,6 +294,30 @@ def test_the_seed_einsum_sums_the_answer_slots_instead_of_averaging_them(test_mo
                                               rel=1e-4, abs=ATOL)
     if abs(float(actual)) > 1e-3:  # the bug is visible whenever the true value is not ~0
         assert abs(float(seed_value) - float(actual)) > (n_slots - 1) * abs(float(actual)) / 2
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2", "gemma2"])
+def test_direct_patch_effects_add_up_to_the_final_residual_moved_under_the_corrupted_scale(test_models, arch):
+    """Every component moved clean into corrupted at the reads, read with the corrupted run's frozen final scale:
+    summed, ``(clean - b) * s_clean / s_corrupted - (corrupted - b)`` in the models' own logits (``b``: the
+    constant), since each prompt's reads share one position; a run against itself moves nothing."""
+    model = _model(test_models, arch)
+    clean = [Problem(12, 34), Problem(56, 78)]
+    batch = tokenize_prompts(model.tokenizer, [p.prompt for p in clean])
+    corrupted = tokenize_prompts(model.tokenizer, ["91 x 23 =", "45 x 67 ="])
+    metric = seed_logit_diff(model.tokenizer, batch, clean, [409, 4376])
+    directions = residual_directions(model, metric)
+    with torch.no_grad():
+        _, clean_cache = model.bridge.run_with_cache(batch.tokens)
+        _, corrupted_cache = model.bridge.run_with_cache(corrupted.tokens)
+    moved = direct_patch_effects(model, clean_cache, corrupted_cache, directions)
+    assert moved.labels == layer_attribution(model, clean_cache, directions).labels
+    scale = [c["ln_final.hook_scale"][:, -1, 0].float() for c in (clean_cache, corrupted_cache)]
+    target = [attribution_target(model, c, directions) - directions.constant for c in (clean_cache, corrupted_cache)]
+    expected = target[0] * scale[0] / scale[1] - target[1]
+    torch.testing.assert_close(moved.values.sum(0), expected, atol=ATOL, rtol=1e-4)
+    still = direct_patch_effects(model, clean_cache, clean_cache, directions)
+    assert float(still.values.abs().max()) == 0.0
 
 
 def _tampered(cache, name, delta):

@@ -195,6 +195,18 @@ def _scaled_hook(site, layer, index, group, clean, corrupted, eps):
             act[:, :, index] = move(act[:, :, index], target)
             return act
         return f"blocks.{layer}.attn.hook_z", hook
+    if site == "z_final":
+        def hook(act, hook):
+            act = act.clone()
+            act[:, -1, index] = move(act[:, -1, index], clean.z[layer][:, -1, index])
+            return act
+        return f"blocks.{layer}.attn.hook_z", hook
+    if site == "v_pos":
+        def hook(act, hook):
+            act = act.clone()
+            act[:, index] = move(act[:, index], clean.v[layer][:, index])
+            return act
+        return f"blocks.{layer}.attn.hook_v", hook
     if site == "pattern":
         def hook(act, hook):
             act = act.clone()

@@ -1,0 +1,104 @@
+"""Bands of layers: early, middle and late, as the source analysis reads its per-layer plots.
+
+The source speaks of "early heads" (layers 0-3 of Qwen2.5-0.5B's 24), "middle heads" and "late heads"
+(layers 16+, where final-token localization starts). A claim about bands states its bounds in its spec
+(``early_until_layer``: the early band is the layers before it; ``late_from_layer``: the late band is that
+layer and after; the middle band lies between). This module holds what every band claim shares:
+
+- :func:`draft_bands`, the one rule discovery drafts bands with, for a model of any depth: the late band
+  starts where final-token localization found it, else two thirds up (the source's 16 of 24); the early
+  band is the first sixth of the layers (the source's 4 of 24), at least one layer, below the late band;
+- :func:`empty_bands` / :func:`require_bands`: a band that holds no layer of the model is refused with
+  the reason (a 3-layer model with late layers from 1 has no middle band);
+- :func:`refute_empty_bands`: a claim test's verdict (the ``verdict`` fixture) refuted, with the reason,
+  when a band its spec states holds no layer of the model under test;
+- :func:`late_over_earlier`: the interval of the late band's mean |effect| over that of the layers before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Bands", "EmptyBandError", "draft_bands", "empty_bands", "late_over_earlier", "refute_empty_bands",
+           "require_bands", "span"]
+
+
+class EmptyBandError(ValueError):
+    """A band of layers the statistic compares has no heads on this model."""
+
+
+@dataclass(frozen=True)
+class Bands:
+    """Drafted band bounds, and how they were chosen (for the draft's notes)."""
+
+    early_until_layer: int
+    """The early band is the layers before this one."""
+    late_from_layer: int
+    """The late band is this layer and after."""
+    where: str
+    """Where the late bound comes from, in words."""
+    n_layers: int
+
+    @property
+    def has_middle(self) -> bool:
+        """Whether early, middle and late bands each hold at least one layer."""
+        return 1 <= self.early_until_layer < self.late_from_layer < self.n_layers
+
+
+def draft_bands(n_layers: int, late_from_layer: int | None = None) -> Bands:
+    """The bands discovery drafts for an ``n_layers`` model (module docstring); ``late_from_layer`` is
+    final-token localization's late layer when that claim is stated."""
+    if late_from_layer is not None:
+        late, where = late_from_layer, "late layers from final-token-localization"
+    else:
+        late = round(n_layers * 2 / 3)
+        where = "late layers two thirds up, as the source's 16 of 24 (final-token-localization not stated)"
+    early = max(1, min(late - 1, round(n_layers / 6)))  # the source's early heads: layers 0..3 of 24
+    return Bands(early, late, where, n_layers)
+
+
+def span(layers: range) -> str:
+    """``"a..b"`` for a non-empty range of layers, else ``"none"``."""
+    return f"{layers.start}..{layers.stop - 1}" if layers else "none"
+
+
+def empty_bands(n_layers: int, bands: Mapping[str, range]) -> list[str]:
+    """The names of the bands (``name -> range of layers``) that hold no layer of an ``n_layers`` model."""
+    return [name for name, layers in bands.items() if not any(0 <= layer < n_layers for layer in layers)]
+
+
+def require_bands(n_layers: int, bands: Mapping[str, range]) -> None:
+    """Raise :class:`EmptyBandError`, naming every band and its layers, when a band holds no layer."""
+    empty = empty_bands(n_layers, bands)
+    if empty:
+        raise EmptyBandError(f"the {' and '.join(empty)} band(s) hold no layer of this {n_layers}-layer model "
+                             f"({', '.join(f'{name}: layers {span(r)}' for name, r in bands.items())}).")
+
+
+def refute_empty_bands(verdict: Any, n_layers: int, bands: Mapping[str, range]) -> None:
+    """Refute a claim test through its ``verdict`` (recording why) when a band it compares has no layer."""
+    from circuit.decision import Rule
+
+    empty = empty_bands(n_layers, bands)
+    if empty:
+        verdict.value(f"layers in the {' and '.join(empty)} band(s) of this {n_layers}-layer model", 0,
+                      Rule(">=", 1, interval=False),
+                      detail=f"The spec's bands: {', '.join(f'{name} layers {span(r)}' for name, r in bands.items())}; "
+                             f"choose bands that each hold a layer of this model.")
+
+
+def late_over_earlier(lab: Any, effects: Any, late_from_layer: int):
+    """Interval of mean_c |mean effect| over the cells of layers >= ``late_from_layer`` / the same over the
+    cells of the layers before; ``effects`` is ``[layer, cell, batch]`` (heads or positions), and a cell's size
+    is the magnitude of its mean over the prompts (taken inside each resample)."""
+    n_layers, n_cells = effects.shape[:2]
+    require_bands(n_layers, {"late": range(late_from_layer, n_layers), "early and middle": range(late_from_layer)})
+    split = late_from_layer * n_cells
+
+    def ratio(x):  # [..., layer * cell, batch]
+        size = x.mean(-1).abs()
+        return size[..., split:].mean(-1) / size[..., :split].mean(-1)
+
+    return lab.ci(effects.flatten(0, 1), ratio)
