@@ -146,7 +146,7 @@ class ClaimEvidence:
     holds: bool = False
     """Whether the decision rule holds."""
     tolerance: float | None = None
-    """How far the estimate may move from a baseline (from the spec)."""
+    """How far the estimate may move from a baseline toward failing (from the spec)."""
     prompt_set: str = ""
     """The prompts it was measured on (their repr; for a failing claim, hypothesis' shrunk set)."""
     statement: str = ""
@@ -155,7 +155,7 @@ class ClaimEvidence:
     """The test's outcome: passed or failed (a verdict), error (no verdict: an exception, a model that did not
     load) or skipped (filled in by the runner)."""
     note: str = ""
-    """Anything else the runner adds (the reason of an error or skip, a baseline regression)."""
+    """Anything else the runner adds (the reason of an error or skip; a baseline comparison is :attr:`comparison`)."""
     dtype: str = ""
     """The model's dtype in the run that measured it."""
     device: str = ""
@@ -566,7 +566,8 @@ def compare(current: ClaimEvidence, before: ClaimEvidence | None) -> Comparison:
     verdicts = f"verdict {before.verdict} -> {current.verdict}"
     if before.verdict == "supported" and current.verdict in ("inconclusive", "refuted"):
         return Comparison("regressed", **base, direction="worse", reason=verdicts)
-    if tolerance is not None and (worse is None or abs(worse) > tolerance):
+    moved = abs(worse if worse is not None else base["change"])
+    if tolerance is not None and moved > tolerance:
         if worse is None:
             return Comparison("regressed", **base, direction=direction,
                               reason="moved beyond tolerance (no rule recorded: a move either way regresses)")

@@ -112,6 +112,7 @@ def test_unknown_tests_missing_tolerances_and_non_finite_statistics():
     assert compare_with_baseline(evidence(estimate=math.nan), baseline).status == "regressed"
     unknown = compare_with_baseline(evidence(estimate=5.0, rule_kind=""), baseline)
     assert (unknown.status, unknown.direction) == ("regressed", "none")  # no rule: either way regresses
+    assert compare_with_baseline(evidence(estimate=0.05, rule_kind=""), baseline).status == "unchanged"
 
 
 def test_a_comparison_round_trips_through_the_evidence_file(tmp_path):
