@@ -191,7 +191,7 @@ def test_a_statistic_that_moved_away_from_failing_is_an_improvement_and_passes(f
     result = claims_run(ATTRIBUTION)
     assert result.ret == 0
     result.stdout.fnmatch_lines([
-        "*IMPROVED test-qwen2-2l: Improvement against *test-qwen2-2l.json: attribution-completeness *: moved beyond "
+        "*claims: test-qwen2-2l: Improvement against *test-qwen2-2l.json: attribution-completeness *: moved beyond "
         "tolerance away from failing.*change -1 (better)*",
         "*1 compared (0 regressed, 1 improved, 0 unchanged)*"])
     improved = records(files / EVIDENCE)["test_head_attributions_sum_to_the_logit_difference"]
