@@ -49,7 +49,8 @@ def test_baseline_model_is_refused_where_it_means_nothing(tmp_path):
 def test_readmes_model_update_holds_every_claim_that_holds_and_accounts_for_every_baseline_record(tmp_path):
     """README's walk-through on the bundled models: qwen2-mult-2d's baseline judges llama-mult-2d. Their specs
     state some claims with other parameters (late layers from 1 and from 2): those are not comparable, never
-    regressions; every claim supported on llama-mult-2d passes; the counts add up to the baseline's records."""
+    regressions; every claim supported on llama-mult-2d passes; the counts add up to the baseline's records,
+    and are those README shows."""
     from circuit.spec import import_claims, load_spec, measured_with
 
     baselines = tmp_path / "baselines"
@@ -84,3 +85,5 @@ def test_readmes_model_update_holds_every_claim_that_holds_and_accounts_for_ever
                f"comparable, {len(dropped)} dropped")
     assert summary in out, out[-3000:]
     assert f"; {counts['no-baseline']} claim tests without a baseline record" in out
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert f"{summary} ({'; '.join(f'{t}: skipped' for t in baseline if t in dropped)}); {counts['no-baseline']} claim tests" in readme
