@@ -32,6 +32,7 @@ from circuit.equivalence import compare_models as compare_models
 from circuit.evaluation import ExactMatchResult as ExactMatchResult
 from circuit.evaluation import exact_match_accuracy as exact_match_accuracy
 from circuit.evidence import ClaimEvidence as ClaimEvidence
+from circuit.evidence import Comparison as Comparison
 from circuit.evidence import compare_with_baseline as compare_with_baseline
 from circuit.evidence import load_evidence as load_evidence
 from circuit.evidence import write_evidence as write_evidence

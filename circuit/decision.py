@@ -127,6 +127,16 @@ class Rule:
         """Whether ``value`` supports the claim."""
         return self.verdict(value) is Verdict.SUPPORTED
 
+    def worsening(self, before: float, after: float) -> float:
+        """How far the statistic moved toward failing this rule from ``before`` to ``after`` (negative: away
+        from failing). A claim ``>= t`` fails downward, ``<= t`` upward, ``excludes t`` toward ``t`` from
+        either side (the move in distance from ``t``)."""
+        if self.kind in (">=", ">"):
+            return before - after
+        if self.kind in ("<=", "<"):
+            return after - before
+        return abs(before - self.threshold) - abs(after - self.threshold)
+
 
 @dataclass(frozen=True)
 class Scheme:

@@ -364,7 +364,7 @@ def render_spec(draft: Draft, *, header: str = "") -> str:
         lines.append(f"[claims.{claim_id}]")
         for f in fields(claim):
             value = getattr(claim, f.name)
-            if value is None or value == ():  # left out: the loader gives the field's default
+            if value is None or value == () or (f.name == "drift" and value == f.default):  # the loader's default
                 continue
             lines += _toml_field(f.name, value)
     return "\n".join(lines) + "\n"

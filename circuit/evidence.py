@@ -7,10 +7,21 @@ threshold, decision, the prompt set it was measured on). A run keeps one JSON fi
 versions of the libraries that computed it, so a later run (a new model revision, a new transformers) can be
 compared with it.
 
-A *baseline* is such a file kept on purpose. :func:`compare_with_baseline` is the comparison: a claim whose
-statistic moved by more than its spec's ``tolerance`` since the baseline is a regression, even if it still
-passes its threshold, because the analysis the claim summarizes no longer describes the model the way it
-did. :func:`update_baseline` writes a baseline only from evidence that deserves it: records that ran to a
+A *baseline* is such a file kept on purpose. :func:`compare_with_baseline` compares a record with the
+baseline's record of the same test and says so in a :class:`Comparison`, whose fields (baseline estimate and
+interval, change, direction, tolerance) are what the terminal and the report are written from:
+
+- **not comparable** when the two records were measured with different settings (the claim's parameters or
+  the prompts' population, :attr:`ClaimEvidence.parameters`; or another statistic): the baseline's number is
+  never attached to settings it was not measured with;
+- **regressed** when the change is toward failing the claim: its verdict moved from supported to
+  inconclusive or refuted, or its statistic moved further than the spec's ``tolerance`` in the direction
+  that fails the claim's rule (``circuit.decision.Rule.worsening``), even if it still passes its threshold;
+- **improved** when the change is the other way: reported, and failing nothing, unless the claim's spec sets
+  ``drift = "both"`` (then a move beyond tolerance either way regresses);
+- **unchanged** otherwise; **no-baseline** when the baseline has no record of the test.
+
+:func:`update_baseline` writes a baseline only from evidence that deserves it: records that ran to a
 verdict with a finite statistic replace their test's record, every other record is kept.
 
 Files are written atomically (a temporary file in the same folder, then ``os.replace``), under an advisory
@@ -38,10 +49,14 @@ __all__ = [
     "EVIDENCE_FORMAT",
     "EvidenceError",
     "EvidenceFile",
-    "Regression",
     "BaselineUpdate",
+    "Comparison",
+    "DRIFTS",
+    "STATUSES",
     "atomic_write_text",
+    "compare",
     "compare_with_baseline",
+    "comparison_message",
     "evidence_filename",
     "has_verdict",
     "library_versions",
@@ -61,8 +76,51 @@ VERDICTS = ("passed", "failed")
 """Outcomes of a claim test that ran to a verdict (``error`` and ``skipped`` did not)."""
 
 
+STATUSES = ("regressed", "improved", "unchanged", "not-comparable", "no-baseline")
+"""What a comparison with a baseline found (:class:`Comparison`)."""
+
+DRIFTS = ("worse", "both")
+"""Which drift beyond tolerance regresses a claim (its spec's ``drift``): a move toward failing only (the
+default), or a move either way."""
+
+
 class EvidenceError(ValueError):
     """An evidence or baseline file that cannot be used; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A claim test's record compared with the baseline's record of the same test (:func:`compare`)."""
+
+    status: str
+    """One of :data:`STATUSES`: "regressed", "improved", "unchanged", "not-comparable" or "no-baseline"."""
+    baseline_estimate: float | None = None
+    """The baseline's statistic (None when no comparable baseline record exists)."""
+    baseline_low: float | None = None
+    """Lower end of the baseline's interval."""
+    baseline_high: float | None = None
+    """Upper end of the baseline's interval."""
+    baseline_verdict: str | None = None
+    """The baseline's verdict (supported, refuted, inconclusive)."""
+    change: float | None = None
+    """This run's estimate minus the baseline's (None when not comparable)."""
+    direction: str = "none"
+    """"worse" (toward failing the claim's rule), "better" (away from it) or "none" (no change, or unknown)."""
+    tolerance: float | None = None
+    """How far the statistic may move (the spec's ``tolerance``)."""
+    drift: str = "worse"
+    """Which moves beyond tolerance regress: "worse" (toward failing) or "both" (the spec's ``drift``)."""
+    reason: str = ""
+    """Why, in one line ("parameters differ: late_from_layer 1 -> 2", "verdict supported -> inconclusive")."""
+
+    @property
+    def compared(self) -> bool:
+        """Whether the baseline's number was compared with this run's (regressed, improved or unchanged)."""
+        return self.status in ("regressed", "improved", "unchanged")
+
+    @property
+    def baseline_interval(self) -> str:
+        return _interval_text(self.baseline_estimate, self.baseline_low, self.baseline_high)
 
 
 @dataclass(frozen=True)
@@ -88,7 +146,7 @@ class ClaimEvidence:
     holds: bool = False
     """Whether the decision rule holds."""
     tolerance: float | None = None
-    """How far the estimate may move from a baseline (from the spec)."""
+    """How far the estimate may move from a baseline toward failing (from the spec)."""
     prompt_set: str = ""
     """The prompts it was measured on (their repr; for a failing claim, hypothesis' shrunk set)."""
     statement: str = ""
@@ -97,7 +155,7 @@ class ClaimEvidence:
     """The test's outcome: passed or failed (a verdict), error (no verdict: an exception, a model that did not
     load) or skipped (filled in by the runner)."""
     note: str = ""
-    """Anything else the runner adds (the reason of an error or skip, a baseline regression)."""
+    """Anything else the runner adds (the reason of an error or skip; a baseline comparison is :attr:`comparison`)."""
     dtype: str = ""
     """The model's dtype in the run that measured it."""
     device: str = ""
@@ -125,6 +183,19 @@ class ClaimEvidence:
     """The design power of the claim test (the spec's ``[statistics] power``)."""
     reason: str = ""
     """Why the claim could not be judged (a precondition), when it could not."""
+    rule_kind: str = ""
+    """The kind of the rule it was judged by (``>=``, ``>``, ``<=``, ``<``, ``excludes``: ``circuit.decision.Rule``);
+    "" when unknown."""
+    rule_threshold: float | None = None
+    """The rule's threshold as a number."""
+    parameters: Mapping[str, Any] | None = None
+    """What the statistic was measured with: the claim's parameters from the spec, bounds and bookkeeping left
+    out, and the prompts' population (``circuit.spec.measured_with``); None when not recorded. A baseline
+    record is compared only with a record measured with the same."""
+    drift: str = "worse"
+    """Which moves beyond tolerance regress the claim (the spec's ``drift``, one of :data:`DRIFTS`)."""
+    comparison: Comparison | None = None
+    """This record against the baseline's (with ``--baseline``); None without a comparison."""
 
     def __repr__(self) -> str:  # short: assertion rewriting shows it under the message
         return (f"ClaimEvidence({self.claim_id!r}, {self.test!r}, estimate={self.estimate:.4g}, "
@@ -132,10 +203,7 @@ class ClaimEvidence:
 
     @property
     def interval(self) -> str:
-        if self.low is None or self.high is None:
-            return f"{self.estimate:.4g}"
-        level = f"{self.level:.0%} " if self.level else ""
-        return f"{self.estimate:.4g} [{level}CI {self.low:.4g}, {self.high:.4g}]"
+        return _interval_text(self.estimate, self.low, self.high, self.level)
 
     def describe(self) -> str:
         """One paragraph: statistic, interval, rule, verdict and the prompts (for assertion messages)."""
@@ -143,6 +211,15 @@ class ClaimEvidence:
         prompts = f" over {self.n_prompts} prompts" if self.n_prompts else ""
         return (f"{self.claim_id}: {self.statistic} = {self.interval}{prompts}; rule {self.threshold}: {verdict}. "
                 f"Prompts: {self.prompt_set or '(none recorded)'}")
+
+
+def _interval_text(estimate: float | None, low: float | None, high: float | None, level: float | None = None) -> str:
+    if estimate is None:
+        return "-"
+    if low is None or high is None:
+        return f"{estimate:.4g}"
+    percent = f"{level:.0%} " if level else ""
+    return f"{estimate:.4g} [{percent}CI {low:.4g}, {high:.4g}]"
 
 
 def has_verdict(record: ClaimEvidence) -> str | None:
@@ -224,6 +301,8 @@ def evidence_filename(label: str) -> str:
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no NaN/inf
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
     return value
 
 
@@ -248,15 +327,35 @@ def record_from_dict(data: Mapping[str, Any], where: str = "record") -> ClaimEvi
             raise EvidenceError(f"{where}: {key} = {data[key]!r} is a {type(data[key]).__name__}, not a string.")
     known = set(ClaimEvidence.__dataclass_fields__)
     record = {k: v for k, v in data.items() if k in known}
-    for key in ("estimate", "low", "high", "level", "tolerance", "false_support", "tail", "power"):
-        value = record.get(key)
+    _numbers(record, ("estimate", "low", "high", "level", "tolerance", "false_support", "tail", "power",
+                      "rule_threshold"), where)
+    if record.get("parameters") is not None and not isinstance(record["parameters"], Mapping):
+        raise EvidenceError(f"{where}: parameters = {record['parameters']!r} is not a mapping.")
+    if record.get("comparison") is not None:
+        record["comparison"] = _comparison_from_dict(record["comparison"], f"{where}: comparison")
+    return ClaimEvidence(**record)
+
+
+def _numbers(values: dict[str, Any], keys: Iterable[str], where: str) -> None:
+    """Turn ``values[key]`` into floats in place (None stays None; JSON keeps NaN as a string)."""
+    for key in keys:
+        value = values.get(key)
         if value is None or isinstance(value, bool):
             continue
         try:
-            record[key] = float(value)
+            values[key] = float(value)
         except (TypeError, ValueError):
             raise EvidenceError(f"{where}: {key} = {value!r} is not a number.") from None
-    return ClaimEvidence(**record)
+
+
+def _comparison_from_dict(data: Any, where: str) -> Comparison:
+    if not isinstance(data, Mapping):
+        raise EvidenceError(f"{where} is a {type(data).__name__}, not a comparison.")
+    values = {k: v for k, v in data.items() if k in Comparison.__dataclass_fields__}
+    if values.get("status") not in STATUSES:
+        raise EvidenceError(f"{where}: status = {values.get('status')!r} is not one of {list(STATUSES)}.")
+    _numbers(values, ("baseline_estimate", "baseline_low", "baseline_high", "change", "tolerance"), where)
+    return Comparison(**values)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -442,40 +541,100 @@ def update_baseline(old: EvidenceFile | None, run: EvidenceFile) -> BaselineUpda
     return BaselineUpdate(merged, tuple(c.test for c in good.claims), kept, refused)
 
 
-@dataclass(frozen=True)
-class Regression:
-    """A claim whose statistic moved further from the baseline than its tolerance allows."""
+def compare(current: ClaimEvidence, before: ClaimEvidence | None) -> Comparison:
+    """``current`` against the baseline's record ``before`` of the same test (None: the baseline has none).
 
-    test: str
-    claim_id: str
-    statistic: str
-    baseline: float
-    current: float
-    tolerance: float
-
-    @property
-    def moved(self) -> float:
-        return self.current - self.baseline
-
-    def describe(self, baseline_path: str | Path = "the baseline") -> str:
-        return (f"Regression against {baseline_path}: {self.claim_id} ({self.test}) {self.statistic} moved from "
-                f"{self.baseline:.4g} to {self.current:.4g} (by {self.moved:+.4g}), beyond the spec tolerance "
-                f"{self.tolerance:.4g}. If the change is expected (a new model revision or library), review the "
-                f"report and rewrite the baseline with --update-baseline.")
-
-
-def compare_with_baseline(current: ClaimEvidence,
-                          baseline: EvidenceFile | Iterable[ClaimEvidence]) -> Regression | None:
-    """The regression of ``current`` against the baseline's record of the same test, or None.
-
-    A test the baseline does not have, or a record without a tolerance, is no regression.
+    Measured with different settings (parameters, statistic): not comparable, naming them. Otherwise a verdict
+    that moved from supported is a regression; then the statistic's change is judged against ``current``'s
+    tolerance in the direction that fails ``current``'s rule (with ``drift = "both"``, either way). A record
+    without a tolerance is compared by its verdict only.
     """
-    records = baseline.by_test() if isinstance(baseline, EvidenceFile) else {c.test: c for c in baseline}
-    before = records.get(current.test)
-    if before is None or current.tolerance is None:
+    tolerance, drift = current.tolerance, current.drift
+    if before is None:
+        return Comparison("no-baseline", tolerance=tolerance, drift=drift, reason="the baseline has no record of it")
+    differ = _differences(before, current)
+    if differ:
+        return Comparison("not-comparable", baseline_verdict=before.verdict or None, tolerance=tolerance, drift=drift,
+                          reason=differ)
+    base = dict(baseline_estimate=before.estimate, baseline_low=before.low, baseline_high=before.high,
+                baseline_verdict=before.verdict or None, change=current.estimate - before.estimate,
+                tolerance=tolerance, drift=drift)
+    if not math.isfinite(current.estimate):
+        return Comparison("regressed", **base, direction="worse", reason=f"the statistic is {current.estimate}")
+    worse = _worsening(current, before.estimate)
+    direction = "none" if worse is None or worse == 0 else "worse" if worse > 0 else "better"
+    verdicts = f"verdict {before.verdict} -> {current.verdict}"
+    if before.verdict == "supported" and current.verdict in ("inconclusive", "refuted"):
+        return Comparison("regressed", **base, direction="worse", reason=verdicts)
+    moved = abs(worse if worse is not None else base["change"])
+    if tolerance is not None and moved > tolerance:
+        if worse is None:
+            return Comparison("regressed", **base, direction=direction,
+                              reason="moved beyond tolerance (no rule recorded: a move either way regresses)")
+        if direction == "worse":
+            return Comparison("regressed", **base, direction=direction, reason="moved beyond tolerance toward failing")
+        if drift == "both":
+            return Comparison("regressed", **base, direction=direction,
+                              reason="moved beyond tolerance away from failing (drift = both: either way regresses)")
+        return Comparison("improved", **base, direction=direction, reason="moved beyond tolerance away from failing")
+    if before.verdict and before.verdict != "supported" and current.verdict == "supported":
+        return Comparison("improved", **base, direction=direction, reason=verdicts)
+    return Comparison("unchanged", **base, direction=direction,
+                      reason="within tolerance" if tolerance is not None else "no tolerance stated; verdict unchanged")
+
+
+def _worsening(current: ClaimEvidence, before: float) -> float | None:
+    """How far the statistic moved toward failing ``current``'s rule (None: no rule recorded)."""
+    from circuit.decision import Rule
+
+    if not current.rule_kind or current.rule_threshold is None or not math.isfinite(current.rule_threshold):
         return None
-    moved = abs(current.estimate - before.estimate)
-    if math.isnan(moved) or moved > current.tolerance:
-        return Regression(current.test, current.claim_id, current.statistic, before.estimate, current.estimate,
-                          current.tolerance)
-    return None
+    return Rule(current.rule_kind, current.rule_threshold).worsening(before, current.estimate)
+
+
+def _differences(before: ClaimEvidence, current: ClaimEvidence) -> str:
+    """Why the two records were not measured alike ("" when they were)."""
+    if before.parameters is None or current.parameters is None:
+        which = "the baseline's record" if before.parameters is None else "this run's record"
+        return (f"{which} does not say what it was measured with (no parameters recorded: a baseline written "
+                f"before they were; rewrite it with --update-baseline)")
+    keys = dict.fromkeys([*before.parameters, *current.parameters])
+    differ = [f"{key} {_value(before.parameters.get(key))} -> {_value(current.parameters.get(key))}"
+              for key in keys if before.parameters.get(key) != current.parameters.get(key)]
+    if differ:
+        return f"parameters differ: {'; '.join(differ)}"
+    if before.statistic != current.statistic:
+        return f"statistic differs: {before.statistic!r} -> {current.statistic!r}"
+    return ""
+
+
+def _value(value: Any) -> str:
+    return "(absent)" if value is None else json.dumps(value, separators=(", ", ": "))
+
+
+def compare_with_baseline(current: ClaimEvidence, baseline: EvidenceFile | Iterable[ClaimEvidence]) -> Comparison:
+    """:func:`compare` with the baseline's record of ``current``'s test (no-baseline when it has none)."""
+    records = baseline.by_test() if isinstance(baseline, EvidenceFile) else {c.test: c for c in baseline}
+    return compare(current, records.get(current.test))
+
+
+def comparison_message(record: ClaimEvidence, where: str | Path = "the baseline") -> str:
+    """What ``record.comparison`` found, for a person: written from its fields ("" without a comparison)."""
+    c = record.comparison
+    if c is None:
+        return ""
+    claim = f"{record.claim_id} ({record.test})"
+    if c.status == "no-baseline":
+        return f"No baseline for claim {claim}: {where} has no record of {record.test}."
+    if c.status == "not-comparable":
+        return (f"Not comparable with {where}: {claim}: {c.reason}; the baseline's number belongs to its own "
+                f"settings and is not compared with this run's.")
+    now = f"{record.interval} ({record.verdict or 'no verdict'})"
+    numbers = (f"{record.statistic}: baseline {c.baseline_interval} ({c.baseline_verdict or 'no verdict'}), now "
+               f"{now}; change {c.change:+.4g} ({c.direction}), tolerance "
+               f"{'none' if c.tolerance is None else f'{c.tolerance:.4g}'}, drift = {c.drift}")
+    if c.status == "regressed":
+        return (f"Regression against {where}: {claim}: {c.reason}. {numbers}. If the change is expected (a new "
+                f"model revision or library), review the report and rewrite the baseline with --update-baseline.")
+    title = "Improvement" if c.status == "improved" else "Unchanged"
+    return f"{title} against {where}: {claim}: {c.reason}. {numbers}."

@@ -44,15 +44,18 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
 import math
 import re
 import sys
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, NewType
+
+from circuit.evidence import DRIFTS
 
 try:
     import tomllib
@@ -88,6 +91,7 @@ __all__ = [
     "find_spec",
     "import_claims",
     "load_spec",
+    "measured_with",
     "parse_head",
     "register_claim",
 ]
@@ -258,6 +262,9 @@ Head = NewType("Head", str)
 """A field holding a head label, 'L<layer>H<head>': checked for form and against the model under test."""
 
 ORIGINS = ("hand", "discovery")
+MEASURED_PROMPTS = ("min_digits", "max_digits", "corruptions", "metric")
+"""The [prompts] fields that say which population a statistic is measured on (set sizes and the budget only
+change how precisely)."""
 
 
 @dataclass(frozen=True)
@@ -265,10 +272,14 @@ class ClaimSpec:
     """Fields every claim has. A claim's parameters subclass this (``@register_claim("my-claim")``)."""
 
     tolerance: float
-    """Regression tolerance: with ``--baseline``, the claim fails if its statistic moved by more than this."""
+    """Regression tolerance: with ``--baseline``, the claim fails if its statistic moved by more than this toward
+    failing its rule (see ``drift``)."""
     origin: str = field(default="hand", kw_only=True)
     """Who stated the claim: "hand" (a researcher, e.g. from the source analysis; the default) or "discovery"
     (drafted by ``python -m circuit.discover``; its test compares only these with a fresh draft)."""
+    drift: str = field(default="worse", kw_only=True)
+    """Which moves beyond ``tolerance`` regress the claim: "worse" (toward failing its rule; the default: a move
+    the other way is reported as an improvement) or "both" (any move: the claim's number itself is pinned)."""
 
     TOP_K_OVER_HEADS: ClassVar[bool] = False
     """Whether a ``top_k`` field counts heads (then it may not exceed the model's layers x heads)."""
@@ -276,6 +287,29 @@ class ClaimSpec:
     def check(self) -> None:
         """Raise ``ValueError`` naming the field if the values contradict each other (override to add checks;
         types, ranges of layers and heads, and ``tolerance >= 0`` are checked for every claim)."""
+
+
+def measured_with(claim: ClaimSpec, prompts: PromptSpec) -> dict[str, Any]:
+    """What a claim's statistics are measured with, as JSON values: the claim's fields except the bookkeeping
+    ones (those of :class:`ClaimSpec`: tolerance, origin, drift) and the bounds the statistics are compared
+    with (fields named ``min_*`` or ``max_*``, and :class:`PerDtype` tolerances), plus the prompts' population
+    (:data:`MEASURED_PROMPTS`, as ``prompts.<field>``). Two records measured with the same of these measured
+    the same thing; a baseline is compared only then (``circuit.evidence.compare``)."""
+    bookkeeping = {f.name for f in fields(ClaimSpec)}
+    out: dict[str, Any] = {}
+    for f in fields(claim):
+        value = getattr(claim, f.name)
+        if f.name in bookkeeping or f.name.startswith(("min_", "max_")) or isinstance(value, PerDtype):
+            continue
+        out[f.name] = value
+    out.update({f"prompts.{name}": getattr(prompts, name) for name in MEASURED_PROMPTS})
+    return json.loads(json.dumps(out, default=_json_value))
+
+
+def _json_value(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return str(value)
 
 
 KNOWN_CLAIMS: dict[str, type[ClaimSpec]] = {}
@@ -720,6 +754,9 @@ def _check_values(spec: Spec) -> None:
             raise _fail(path, f"{key}.tolerance", f"must be >= 0, got {claim.tolerance}.")
         if claim.origin not in ORIGINS:
             raise _fail(path, f"{key}.origin", f"is {claim.origin!r}; use one of {list(ORIGINS)}.")
+        if claim.drift not in DRIFTS:
+            raise _fail(path, f"{key}.drift", f"is {claim.drift!r}; use one of {list(DRIFTS)} (\"worse\": only a move "
+                                              f"toward failing regresses; \"both\": any move beyond tolerance).")
         for f in fields(claim):
             value = getattr(claim, f.name)
             if isinstance(value, PerDtype) and min(value.values()) < 0:

@@ -159,19 +159,69 @@ def full_run_path(snapshot_: dict[str, bytes], path: Path) -> Path:
     return handle
 
 
-def test_a_statistic_that_moved_beyond_its_tolerance_fails_as_a_regression(files, pytester, claims_run):
+def move_baseline(files: Path, by: float, test: str = "test_head_attributions_sum_to_the_logit_difference") -> None:
+    """Shift the baseline's estimate of ``test``, as if the model had changed since the baseline."""
     baseline = json.loads((files / BASELINE).read_text())
     for record in baseline["claims"]:
-        record["estimate"] += 1.0  # as if the model had changed since the baseline
+        if record["test"] == test:
+            record["estimate"] += by
     (files / BASELINE).write_text(json.dumps(baseline))
+
+
+def test_a_statistic_that_moved_toward_failing_beyond_its_tolerance_fails_as_a_regression(files, pytester, claims_run):
+    move_baseline(files, -1.0)  # the largest error (rule <= atol) was 1 lower: it grew toward failing
     result = claims_run(ATTRIBUTION)
     assert result.ret == 1
-    result.stdout.fnmatch_lines(["*Regression against *test-qwen2-2l.json: attribution-completeness "
-                                 "(test_head_attributions_sum_to_the_logit_difference) *beyond the spec tolerance "
-                                 "0.0001. If the change is expected*rewrite the baseline with --update-baseline.*",
-                                 "*1 claim compared, 0 without a baseline, 1 regression*"])
+    result.stdout.fnmatch_lines([
+        "*Regression against *test-qwen2-2l.json: attribution-completeness "
+        "(test_head_attributions_sum_to_the_logit_difference): moved beyond tolerance toward failing. *: baseline "
+        "-1 (supported), now * (supported); change +1 (worse), tolerance 0.0001, drift = worse. If the change is "
+        "expected*rewrite the baseline with --update-baseline.*",
+        "*3 baseline records: 1 compared (1 regressed, 0 improved, 0 unchanged), 0 not comparable, 2 dropped "
+        "(test_bridge_matches_hf_on_multiplication_prompts: not run; test_bridge_matches_hf_on_arbitrary_text: not "
+        "run); 0 claim tests without a baseline record*"])
     moved = records(files / EVIDENCE)["test_head_attributions_sum_to_the_logit_difference"]
-    assert moved["outcome"] == "failed" and moved["holds"] and "Regression against" in moved["note"]
+    assert moved["outcome"] == "failed" and moved["holds"] and moved["note"] == ""  # the fields say it, not a note
+    assert moved["comparison"]["status"] == "regressed" and moved["comparison"]["direction"] == "worse"
+    assert moved["comparison"]["baseline_estimate"] < -0.99 and moved["comparison"]["change"] == pytest.approx(1, abs=1e-3)
+
+
+def test_a_statistic_that_moved_away_from_failing_is_an_improvement_and_passes(files, pytester, claims_run):
+    move_baseline(files, +1.0)  # the largest error was 1 higher: it shrank, the claim got stronger
+    result = claims_run(ATTRIBUTION)
+    assert result.ret == 0
+    result.stdout.fnmatch_lines([
+        "*claims: test-qwen2-2l: Improvement against *test-qwen2-2l.json: attribution-completeness *: moved beyond "
+        "tolerance away from failing.*change -1 (better)*",
+        "*1 compared (0 regressed, 1 improved, 0 unchanged)*"])
+    improved = records(files / EVIDENCE)["test_head_attributions_sum_to_the_logit_difference"]
+    assert (improved["outcome"], improved["comparison"]["status"]) == ("passed", "improved")
+
+
+def test_a_record_measured_with_other_parameters_is_not_comparable_and_every_record_is_counted(files, pytester,
+                                                                                               claims_run):
+    baseline = json.loads((files / BASELINE).read_text())
+    for record in baseline["claims"]:
+        if record["test"] == "test_bridge_matches_hf_on_arbitrary_text":
+            record["parameters"]["prompts.max_digits"] = 9  # measured on another population
+            record["estimate"] += 1.0  # a number that must not be compared with this run's
+    baseline["claims"].append({**baseline["claims"][0], "test": "test_gone", "claim_id": "gone"})
+    (files / BASELINE).write_text(json.dumps(baseline))
+    failed = claims_run(EQUIVALENCE)
+    failed.assert_outcomes(passed=1, failed=1)
+    failed.stdout.fnmatch_lines([
+        "*Not comparable with *test-qwen2-2l.json: hf-equivalence (test_bridge_matches_hf_on_arbitrary_text): "
+        "parameters differ: prompts.max_digits 9 -> *; the baseline's number belongs to its own settings*"
+        "--baseline-missing=warn*",
+        "*4 baseline records: 1 compared (0 regressed, 0 improved, 1 unchanged), 1 not comparable, 2 dropped "
+        "(test_head_attributions_sum_to_the_logit_difference: not run; test_gone: not run); 0 claim tests without a "
+        "baseline record*"])
+    assert "Regression" not in failed.stdout.str()
+    warned = claims_run(EQUIVALENCE, "--baseline-missing=warn")
+    warned.assert_outcomes(passed=2)
+    record = records(files / EVIDENCE)["test_bridge_matches_hf_on_arbitrary_text"]
+    assert record["comparison"]["status"] == "not-comparable"
+    assert record["comparison"]["baseline_estimate"] is None and record["comparison"]["change"] is None
 
 
 def test_a_claim_without_a_baseline_fails_with_the_reason_and_warn_downgrades_it(files, pytester, claims_run):
@@ -185,13 +235,15 @@ def test_a_claim_without_a_baseline_fails_with_the_reason_and_warn_downgrades_it
         "*No baseline for claim hf-equivalence (test_bridge_matches_hf_on_arbitrary_text): *test-qwen2-2l.json has "
         "no record of test_bridge_matches_hf_on_arbitrary_text. Write it with --update-baseline --baseline *, or "
         "pass --baseline-missing=warn*",
-        "*baseline *baselines: 1 claim compared, 1 without a baseline, 0 regressions*"])
+        "*baseline *baselines: 2 baseline records: 1 compared (0 regressed, 0 improved, 1 unchanged), 0 not comparable, "
+        "1 dropped (test_head_attributions_sum_to_the_logit_difference: not run); 1 claim test without a baseline "
+        "record*"])
     warned = claims_run(EQUIVALENCE, "--baseline-missing=warn")
     assert warned.ret == 0
     warned.assert_outcomes(passed=2)
-    warned.stdout.fnmatch_lines(["*1 claim compared, 1 without a baseline, 0 regressions (--baseline-missing=warn: "
-                                 "claims without a baseline were not failed)*"])
-    assert "1 claim compared, 1 without a baseline" in (files / "reports" / "claims-partial.html").read_text()
+    warned.stdout.fnmatch_lines(["*1 claim test without a baseline record (--baseline-missing=warn: claims without a "
+                                 "comparable baseline record were not failed)*"])
+    assert "1 claim test without a baseline record" in (files / "reports" / "claims-partial.html").read_text()
 
 
 def test_a_folder_without_this_models_baseline_fails_every_stated_claim(files, pytester, claims_run):
@@ -199,7 +251,8 @@ def test_a_folder_without_this_models_baseline_fails_every_stated_claim(files, p
     result = claims_run(EQUIVALENCE)
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*no baseline file *test-qwen2-2l.json for model 'test-qwen2-2l'*",
-                                 "*0 claims compared, 2 without a baseline*"])
+                                 "*0 baseline records: 0 compared (0 regressed, 0 improved, 0 unchanged), 0 not "
+                                 "comparable, 0 dropped; 2 claim tests without a baseline record*"])
 
 
 def test_a_model_that_fails_to_load_is_tried_once_and_changes_no_file(files, pytester, claims_run, monkeypatch):

@@ -11,10 +11,13 @@ import pytest
 
 from circuit.evidence import (
     ClaimEvidence,
+    Comparison,
     EvidenceError,
     EvidenceFile,
     atomic_write_text,
+    compare,
     compare_with_baseline,
+    comparison_message,
     library_versions,
     load_evidence,
     locked,
@@ -25,7 +28,9 @@ from circuit.evidence import (
 
 
 def evidence(test="test_a", estimate=0.9, tolerance=0.1, **kw):
-    return ClaimEvidence(claim_id="final-token-localization", test=test, statistic="recovery", estimate=estimate,
+    kw = {"rule_kind": ">=", "rule_threshold": 0.8, "verdict": "supported", "statistic": "recovery",
+          "parameters": {"late_from_layer": 1, "prompts.metric": "seed"}, **kw}
+    return ClaimEvidence(claim_id="final-token-localization", test=test, estimate=estimate,
                          low=estimate - 0.05, high=estimate + 0.05, level=0.95, threshold="CI low >= 0.8",
                          holds=True, tolerance=tolerance, outcome="passed", **kw)
 
@@ -47,21 +52,82 @@ def test_library_versions_names_the_libraries():
     assert versions["torch"] != "not installed"
 
 
-def test_a_move_beyond_tolerance_is_a_regression_even_when_passing():
+def test_a_move_toward_failing_beyond_tolerance_is_a_regression_even_when_passing():
     baseline = EvidenceFile(model="m", revision=None, claims=(evidence(estimate=0.95),))
-    assert compare_with_baseline(evidence(estimate=0.9), baseline) is None
-    regression = compare_with_baseline(evidence(estimate=0.8), baseline)
-    assert regression is not None
-    assert regression.moved == pytest.approx(-0.15)
-    assert "moved from 0.95 to 0.8 (by -0.15), beyond the spec tolerance 0.1" in regression.describe("b.json")
-    assert "--update-baseline" in regression.describe()
+    assert compare_with_baseline(evidence(estimate=0.9), baseline).status == "unchanged"
+    current = evidence(estimate=0.8)
+    c = compare_with_baseline(current, baseline)
+    assert (c.status, c.direction, c.baseline_estimate, c.baseline_verdict) == ("regressed", "worse", 0.95, "supported")
+    assert c.change == pytest.approx(-0.15) and (c.baseline_low, c.baseline_high) == pytest.approx((0.9, 1.0))
+    text = comparison_message(replace(current, comparison=c), "b.json")
+    assert text.startswith("Regression against b.json: final-token-localization (test_a): moved beyond tolerance "
+                           "toward failing. recovery: baseline 0.95 [CI 0.9, 1] (supported), now 0.8 [95% CI 0.75, "
+                           "0.85] (supported); change -0.15 (worse), tolerance 0.1, drift = worse.")
+    assert "--update-baseline" in text
 
 
-def test_unknown_tests_and_missing_tolerances_are_not_regressions():
+@pytest.mark.parametrize("kind, threshold, before, after", [
+    (">=", 0.45, 3.639, 55.79),    # the MLP-over-attention ratio of issue 23: stronger, not worse
+    ("excludes", 0.0, 0.029, 0.64),  # "operands matter at all": further from 0
+    ("excludes", 0.0, -0.029, -0.64),
+    ("<=", 1.55, 0.64, 0.029),     # a fraction that must stay small got smaller
+])
+def test_a_move_away_from_failing_is_an_improvement_that_fails_nothing(kind, threshold, before, after):
+    kw = {"rule_kind": kind, "rule_threshold": threshold}
+    c = compare(evidence(estimate=after, tolerance=0.2, **kw), evidence(estimate=before, **kw))
+    assert (c.status, c.direction, c.reason) == ("improved", "better", "moved beyond tolerance away from failing")
+    assert c.change == pytest.approx(after - before)
+    both = compare(evidence(estimate=after, tolerance=0.2, drift="both", **kw), evidence(estimate=before, **kw))
+    assert (both.status, both.direction, both.drift) == ("regressed", "better", "both")  # the spec pins the number
+    back = compare(evidence(estimate=before, tolerance=0.2, **kw), evidence(estimate=after, **kw))
+    assert (back.status, back.direction) == ("regressed", "worse")  # the same move the other way
+
+
+def test_a_verdict_that_leaves_supported_regresses_within_tolerance_and_one_that_reaches_it_improves():
+    worse = compare(evidence(estimate=0.84, verdict="inconclusive"), evidence(estimate=0.86))
+    assert (worse.status, worse.reason) == ("regressed", "verdict supported -> inconclusive")
+    better = compare(evidence(estimate=0.86), evidence(estimate=0.84, verdict="refuted"))
+    assert (better.status, better.reason) == ("improved", "verdict refuted -> supported")
+
+
+def test_records_measured_with_other_parameters_are_not_comparable_and_carry_no_baseline_number():
+    before = evidence(estimate=0.9664)
+    current = evidence(estimate=0.7465, parameters={"late_from_layer": 2, "prompts.metric": "seed"})
+    c = compare(current, before)
+    assert (c.status, c.reason) == ("not-comparable", "parameters differ: late_from_layer 1 -> 2")
+    assert (c.baseline_estimate, c.change, c.direction) == (None, None, "none")
+    text = comparison_message(replace(current, comparison=c), "b.json")
+    assert "0.9664" not in text and "parameters differ: late_from_layer 1 -> 2" in text
+    added = compare(evidence(parameters={"late_from_layer": 1, "prompts.metric": "seed", "top_k": 3}), before)
+    assert added.reason == "parameters differ: top_k (absent) -> 3"
+    old = compare(evidence(), evidence(parameters=None))
+    assert old.status == "not-comparable" and "rewrite it with --update-baseline" in old.reason
+    assert compare(evidence(), evidence(statistic="other")).reason == "statistic differs: 'other' -> 'recovery'"
+
+
+def test_unknown_tests_missing_tolerances_and_non_finite_statistics():
     baseline = EvidenceFile(model="m", revision=None, claims=(evidence(estimate=0.0),))
-    assert compare_with_baseline(evidence(test="test_new", estimate=5.0), baseline) is None
-    assert compare_with_baseline(evidence(estimate=5.0, tolerance=None), baseline) is None
-    assert compare_with_baseline(evidence(estimate=math.nan), baseline) is not None
+    assert compare_with_baseline(evidence(test="test_new", estimate=5.0), baseline).status == "no-baseline"
+    assert compare_with_baseline(evidence(estimate=5.0, tolerance=None), baseline).status == "unchanged"
+    assert compare_with_baseline(evidence(estimate=math.nan), baseline).status == "regressed"
+    unknown = compare_with_baseline(evidence(estimate=5.0, rule_kind=""), baseline)
+    assert (unknown.status, unknown.direction) == ("regressed", "none")  # no rule: either way regresses
+    assert compare_with_baseline(evidence(estimate=0.05, rule_kind=""), baseline).status == "unchanged"
+
+
+def test_a_comparison_round_trips_through_the_evidence_file(tmp_path):
+    current = evidence(estimate=0.8)
+    record = replace(current, comparison=compare(current, evidence(estimate=0.95)))
+    path = write_evidence(tmp_path / "m.json", EvidenceFile(model="m", revision=None, claims=(record,)))
+    saved = json.loads(path.read_text())["claims"][0]
+    assert saved["comparison"]["status"] == "regressed" and saved["comparison"]["baseline_estimate"] == 0.95
+    assert saved["parameters"] == {"late_from_layer": 1, "prompts.metric": "seed"}
+    back = load_evidence(path).claims[0]
+    assert back == record and isinstance(back.comparison, Comparison)
+    saved["comparison"]["status"] = "worse"
+    path.write_text(json.dumps({"format": 2, "claims": [saved]}))
+    with pytest.raises(EvidenceError, match=r"claims\[0\]: comparison: status = 'worse' is not one of"):
+        load_evidence(path)
 
 
 def test_bad_baselines_say_what_to_do(tmp_path):
@@ -80,7 +146,7 @@ def test_bad_baselines_say_what_to_do(tmp_path):
 
 
 def test_describe_states_statistic_interval_rule_and_prompts():
-    text = evidence(prompt_set="PromptSet(...)").describe()
+    text = evidence(prompt_set="PromptSet(...)", verdict="").describe()
     assert text == ("final-token-localization: recovery = 0.9 [95% CI 0.85, 0.95]; rule CI low >= 0.8: holds. "
                     "Prompts: PromptSet(...)")
     judged = evidence(prompt_set="PromptSet(...)", verdict="inconclusive", n_prompts=64).describe()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
-from circuit.evidence import ClaimEvidence, record_to_dict
+from circuit.evidence import ClaimEvidence, compare, record_to_dict
 from fixtures.claims_html import evidence_html, summary_html, threshold_value, verdict
 from fixtures.claims_session import ClaimsSession
 
@@ -45,30 +46,38 @@ def test_the_summary_states_the_partial_run_and_escapes_what_it_shows(tmp_path: 
     assert "A &amp; B" in table and "float32 / cpu" in table and table.endswith("<img></div>")
 
 
+def compared(estimate: float, baseline: float, **kw) -> ClaimEvidence:
+    """A supported record (rule ``>= 0.1``) compared with a baseline record of ``baseline``."""
+    record = ClaimEvidence(claim_id="c", test=kw.pop("test", "test_a"), statistic="s", estimate=estimate, low=0.4,
+                           high=1.0, threshold="CI low >= 0.1", holds=True, tolerance=0.1, verdict="supported",
+                           rule_kind=">=", rule_threshold=0.1, parameters={}, **kw)
+    return replace(record, comparison=compare(record, replace(record, estimate=baseline)))
+
+
 def test_a_baseline_regression_explains_why_a_rule_that_holds_failed(tmp_path: Path):
-    record = ClaimEvidence(claim_id="c", test="test_a", statistic="s", estimate=0.5, threshold="CI low >= 0.1",
-                           holds=True, tolerance=0.1, outcome="failed", note="moved")
-    html = evidence_html({"model": "m", "baseline": "regression", "baseline_estimate": 0.8}, record, {})
-    assert "holds on this run, but its statistic moved from the baseline" in html
-    assert "moved by -0.3 (baseline 0.8), tolerance 0.1" in html
+    record = replace(compared(0.5, 0.8), outcome="failed")
+    html = evidence_html({"model": "m"}, record, {})
+    assert "holds on this run, but it regressed against the baseline: ▼ regressed: -0.3 (worse) from baseline 0.8" in html
+    assert "tolerance 0.1 — moved beyond tolerance toward failing" in html
 
 
-def test_the_summary_states_how_far_each_statistic_moved_from_the_baseline(tmp_path: Path):
+def test_the_summary_marks_regressions_and_improvements_and_colours_by_the_claims_own_verdict(tmp_path: Path):
     state = ClaimsSession(models=["m"], device=None, dtype="float32", revision=None, trust_remote_code=False,
                           spec_path=None, baseline=tmp_path / "b.json", update_baseline=False,
                           baseline_missing="fail", reports=tmp_path, runs_claims=True, collect_only=False,
                           worker=False)
-    for test, estimate, status in (("test_a", 0.5, "regression"), ("test_b", 0.9, "compared")):
-        record = ClaimEvidence(claim_id="c", test=test, statistic="s", estimate=estimate, low=0.4, high=1.0,
-                               threshold="CI low >= 0.1", holds=True, tolerance=0.1,
-                               outcome="failed" if status == "regression" else "passed")
-        state.records[test] = {"nodeid": test, "model": "m", "test": test, "baseline": status,
-                               "baseline_estimate": 0.8, "tries": [{"holds": True}] * 3,
+    for test, record in (("test_a", replace(compared(0.5, 0.8, test="test_a"), outcome="failed")),
+                         ("test_b", replace(compared(0.9, 0.5, test="test_b"), outcome="passed"))):
+        state.records[test] = {"nodeid": test, "model": "m", "test": test, "tries": [{"holds": True}] * 3,
                                "evidence": record_to_dict(record)}
     html = summary_html(state, [])
     assert "<th>baseline</th>" in html
-    assert "<td>regression: moved by -0.3 (baseline 0.8), tolerance 0.1</td>" in html
-    assert "<td>compared: moved by +0.1 (baseline 0.8), tolerance 0.1</td>" in html
+    assert ("<td class='claim-baseline regressed'>▼ regressed: -0.3 (worse) from baseline 0.8 [CI 0.4, 1], "
+            "tolerance 0.1 — moved beyond tolerance toward failing</td>") in html
+    assert ("<td class='claim-baseline improved'>▲ improved: +0.4 (better) from baseline 0.5 [CI 0.4, 1], "
+            "tolerance 0.1 — moved beyond tolerance away from failing</td>") in html
+    # both claims hold: both verdicts are drawn green, the regression has its own marker
+    assert html.count("<td style='color:#1a7f37;font-weight:bold'>supported") == 2
     assert html.count("<td>3 / 3</td>") == 2 and "<b>failed (1 of 2 tests)</b>" in html
     assert "aria-label='Forest plot of every claim test'" in html
     assert "▼ regressed" in html and "<b>1</b> regressed" in html, "the regression has no marker or count"

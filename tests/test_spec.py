@@ -122,6 +122,8 @@ def test_missing_section_and_unknown_field(tmp_path):
 @pytest.mark.parametrize(("snippet", "pattern"), [
     ('[claims.task-solved]\ntolerance = "big"\n', r"\[claims\.task-solved\.tolerance\] must be a number"),
     ('[claims.task-solved]\ntolerance = -1\n', r"\[claims\.task-solved\.tolerance\] must be >= 0"),
+    ('[claims.task-solved]\ntolerance = 1\ndrift = "better"\n',
+     r"\[claims\.task-solved\.drift\] is 'better'; use one of \['worse', 'both'\]"),
     (NAMED_HEADS.replace("L1H3", "head3"), r"\[claims\.named-heads\.heads\[0\]\.head\] 'head3' is not a head label"),
     (NAMED_HEADS.replace("positive", "up"), r"\[claims\.named-heads\.heads\[0\]\.sign\] is 'up'"),
     ('metric = "logprob"\n',
@@ -300,3 +302,22 @@ def test_register_claim_refuses_bad_declarations(tmp_path, user_claim):
                                          r"test_user_band\.py and by .*Elsewhere in .*test_spec\.py\. Rename one\."):
         register_claim("user-band-claim")(Elsewhere)
     import_claims(user_claim)  # the same file imported again replaces its own declaration
+
+
+def test_drift_is_worse_unless_a_claim_asks_for_both(tmp_path):
+    spec = load_spec(write(tmp_path, MINIMAL + NAMED_HEADS + '[claims.task-solved]\ntolerance = 1\ndrift = "both"\n'))
+    assert (spec.claims["named-heads"].drift, spec.claims["task-solved"].drift) == ("worse", "both")
+
+
+def test_what_a_statistic_is_measured_with_leaves_out_bounds_and_bookkeeping(tmp_path):
+    from circuit.spec import measured_with
+
+    text = MINIMAL + NAMED_HEADS + ("[claims.final-token-localization]\ntolerance = 0.1\norigin = \"discovery\"\n"
+                                    "late_from_layer = 1\nmin_recovery = 0.5\nmax_other_recovery = 0.2\n")
+    spec = load_spec(write(tmp_path, text))
+    population = {"prompts.min_digits": 2, "prompts.max_digits": 3, "prompts.corruptions": ["same_length"],
+                  "prompts.metric": "seed"}
+    assert measured_with(spec.claims["final-token-localization"], spec.prompts) == {"late_from_layer": 1,
+                                                                                     **population}
+    assert measured_with(spec.claims["named-heads"], spec.prompts) == {
+        "top_k": 2, "heads": [{"head": "L1H3", "sign": "positive", "by": ["z_patching"]}], **population}
