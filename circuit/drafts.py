@@ -158,6 +158,50 @@ class DraftContext:
         claim = self.stated.get("final-token-localization")
         return None if claim is None else claim.late_from_layer
 
+    def late_layers(self) -> list[int]:
+        """Where the late layers may start, for a claim about late heads or bands: final-token localization's
+        late layer (when stated) and every layer of the model's second half, always leaving layers before
+        them (the source's late heads are layers 16+ of 24)."""
+        second_half = range(math.ceil(self.n_layers / 2), self.n_layers)
+        stated = [] if self.late_from_layer is None else [self.late_from_layer]
+        return sorted({layer for layer in (*stated, *second_half) if 1 <= layer < self.n_layers})
+
+    def early_bounds(self, late: int) -> list[int]:
+        """Where an early band may end (the layers before it) when the late layers start at ``late``: at least
+        one layer, at most the first half, and room for a middle band of at least one layer before ``late``
+        (the source's early heads are layers 0..3 of 24)."""
+        return [bound for bound in range(1, max(1, self.n_layers // 2) + 1) if bound < late]
+
+    def best(self, candidates: Sequence[Any], measure_of: Any) -> tuple[Any, list[float]] | None:
+        """Choose, on the draft sets, the candidate (e.g. a band of layers) whose ``measure_of(candidate)(lab,
+        prompt_set)`` interval has the largest lowest end over the sets (a claim of the kind ``>=``); returns it
+        and its per-set estimates, or None when no candidate measures on every draft set.
+
+        A candidate whose measure raises ``ValueError`` (an empty band, a statistic that is not finite) or
+        ``circuit.decision.Inconclusive`` (no head in its band) on some set is passed over. The sets are the
+        outer loop, so that each set's patching sweeps are computed once (the lab keeps a few sets' results).
+        The held-out sets then state the chosen candidate's threshold (:meth:`rule`): choosing among
+        candidates here costs the held-out evidence nothing."""
+        from circuit.decision import Inconclusive
+
+        lows: dict[int, list[float]] = {i: [] for i in range(len(candidates))}
+        estimates: dict[int, list[float]] = {i: [] for i in range(len(candidates))}
+        for ps in self.sets:
+            for i, candidate in enumerate(candidates):
+                if i not in lows:
+                    continue
+                try:
+                    interval = measure_of(candidate)(self.lab, ps)
+                except (ValueError, Inconclusive):
+                    del lows[i], estimates[i]
+                    continue
+                lows[i].append(float(interval.low))
+                estimates[i].append(float(interval.estimate))
+        if not lows:
+            return None
+        chosen = max(lows, key=lambda i: (min(lows[i]), -i))  # ties: the earlier candidate
+        return candidates[chosen], estimates[chosen]
+
 
 DRAFTERS: dict[str, Any] = {}
 """Claim id -> its drafter, ``drafter(context: DraftContext) -> (parameters or None, note)``; filled by

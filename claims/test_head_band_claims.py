@@ -294,19 +294,25 @@ def test_pattern_patching_reproduces_late_heads_output_patching(model, claim, ve
 # --- drafters (discovery) -----------------------------------------------------------------------------
 
 
-def _late_layer(ctx: DraftContext):
-    """The late layers for a draft: final-token localization's, else two thirds up (the source's 16 of 24)."""
-    if ctx.late_from_layer is not None:
-        return ctx.late_from_layer, "late layers from final-token-localization"
-    return (round(ctx.n_layers * 2 / 3),
-            "late layers two thirds up, as the source's 16 of 24 (final-token-localization not stated)")
+def _chosen(ctx: DraftContext, what: str, candidates, measure_of):
+    """The candidate bands chosen on the draft sets (``DraftContext.best``), and the note's words for the choice."""
+    found = ctx.best(candidates, measure_of)
+    if found is None:
+        return None, f"not stated: {what}: no candidate ({candidates}) measures on every draft set"
+    chosen, estimates = found
+    return chosen, (f"{what} chosen on the draft sets among {candidates} (estimates "
+                    f"{[round(e, 3) for e in estimates]})")
 
 
 @drafts("late-value-heads")
 def _draft_late_value_heads(ctx: DraftContext):
-    late, where = _late_layer(ctx)
-    if not 1 <= late < ctx.n_layers:
-        return None, f"not stated: {where} start at layer {late}, leaving no earlier heads to compare with"
+    candidates = ctx.late_layers()
+    if not candidates:
+        return None, f"not stated: no layer of {ctx.n_layers} leaves earlier heads to compare late heads with"
+    late, where = _chosen(ctx, "late layers", candidates,
+                          lambda late: lambda lab, ps: late_value_ratio(lab, ps, late))
+    if late is None:
+        return None, where
 
     def measure(lab, ps):
         return late_value_ratio(lab, ps, late)
@@ -314,17 +320,21 @@ def _draft_late_value_heads(ctx: DraftContext):
     rule = ctx.rule(">=", measure, "min_ratio")
     if rule.threshold <= 1.0:
         return None, (f"not stated: mean |v effect| of heads in layers {late}+ / of earlier heads: "
-                      f"{ctx.log[ctx.claim_id]['min_ratio']}: no threshold above 1")
+                      f"{ctx.log[ctx.claim_id]['min_ratio']}: no threshold above 1 ({where})")
     return LateValueHeads(tolerance=ctx.tolerance(measure), late_from_layer=late, min_ratio=rule.threshold), where
 
 
 @drafts("pattern-bands")
 def _draft_pattern_bands(ctx: DraftContext):
-    late, where = _late_layer(ctx)
-    early = max(1, min(late - 1, round(ctx.n_layers / 6)))  # the source's early heads: layers 0..3 of 24
-    if not 1 <= early < late < ctx.n_layers:
-        return None, (f"not stated: {where} start at layer {late} of {ctx.n_layers}, leaving no room for an early "
-                      f"and a middle band of at least one layer each")
+    candidates = [(early, late) for late in ctx.late_layers() for early in ctx.early_bounds(late)]
+    if not candidates:
+        return None, (f"not stated: {ctx.n_layers} layers leave no room for an early, a middle and a late band of "
+                      f"at least one layer each")
+    bands, where = _chosen(ctx, "bands (early_until_layer, late_from_layer)", candidates,
+                           lambda c: lambda lab, ps: pattern_band_ratio(lab, ps, *c))
+    if bands is None:
+        return None, where
+    early, late = bands
 
     def measure(lab, ps):
         return pattern_band_ratio(lab, ps, early, late)
@@ -332,17 +342,26 @@ def _draft_pattern_bands(ctx: DraftContext):
     rule = ctx.rule(">=", measure, "min_ratio")
     if rule.threshold <= 1.0:
         return None, (f"not stated: min(early, late) / middle mean |pattern effect| with bands 0..{early - 1}, "
-                      f"{early}..{late - 1}, {late}+: {ctx.log[ctx.claim_id]['min_ratio']}: no threshold above 1")
+                      f"{early}..{late - 1}, {late}+: {ctx.log[ctx.claim_id]['min_ratio']}: no threshold above 1 "
+                      f"({where})")
     return PatternBands(tolerance=ctx.tolerance(measure), early_until_layer=early, late_from_layer=late,
-                        min_ratio=rule.threshold), f"{where}; early band: layers before {early} (a sixth of the model)"
+                        min_ratio=rule.threshold), where
 
 
 @drafts("pattern-explains-late-heads")
 def _draft_pattern_explains_late_heads(ctx: DraftContext):
-    late, where = _late_layer(ctx)
-    if not 0 <= late < ctx.n_layers:
-        return None, f"not stated: {where} start at layer {late} of {ctx.n_layers}"
-    k = min(ctx.options.n_heads_named, (ctx.n_layers - late) * ctx.n_heads)
+    candidates = ctx.late_layers()
+    if not candidates:
+        return None, f"not stated: no late layers in a {ctx.n_layers}-layer model"
+
+    def k_of(late):
+        return min(ctx.options.n_heads_named, (ctx.n_layers - late) * ctx.n_heads)
+
+    late, where = _chosen(ctx, "late layers", candidates,
+                          lambda late: lambda lab, ps: pattern_share_of_late_heads(lab, ps, late, k_of(late)))
+    if late is None:
+        return None, where
+    k = k_of(late)
 
     def measure(lab, ps):
         return pattern_share_of_late_heads(lab, ps, late, k)
@@ -351,6 +370,6 @@ def _draft_pattern_explains_late_heads(ctx: DraftContext):
     if rule.threshold < 0.5:
         return None, (f"not stated: share of the z effect of the top {k} heads in layers {late}+ reproduced by "
                       f"pattern patching: {ctx.log[ctx.claim_id]['min_fraction']}: no threshold of at least 0.5 "
-                      f"(most of it)")
+                      f"(most of it) ({where})")
     return PatternExplainsLateHeads(tolerance=ctx.tolerance(measure), late_from_layer=late, top_k=k,
                                     min_fraction=rule.threshold), where
