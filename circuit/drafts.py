@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-__all__ = ["DRAFTERS", "DraftContext", "Measured", "drafts", "floor_to", "ceil_to", "width_of"]
+__all__ = ["DRAFTERS", "DraftContext", "Measured", "clearance", "drafts", "floor_to", "ceil_to", "width_of"]
 
 
 def floor_to(x: float, grid: float) -> float:
@@ -172,35 +172,40 @@ class DraftContext:
         (the source's early heads are layers 0..3 of 24)."""
         return [bound for bound in range(1, max(1, self.n_layers // 2) + 1) if bound < late]
 
-    def best(self, candidates: Sequence[Any], measure_of: Any) -> tuple[Any, list[float]] | None:
-        """Choose, on the draft sets, the candidate (e.g. a band of layers) whose ``measure_of(candidate)(lab,
-        prompt_set)`` interval has the largest lowest end over the sets (a claim of the kind ``>=``); returns it
-        and its per-set estimates, or None when no candidate measures on every draft set.
+    def best(self, candidates: Sequence[Any], score_of: Any) -> tuple[Any, list[float]] | None:
+        """Choose, on the draft sets, the candidate (e.g. a band of layers) whose smallest score over the sets,
+        ``score_of(candidate)(lab, prompt_set)`` (e.g. :func:`clearance`), is the largest; returns it and its
+        per-set scores, or None when no candidate scores on every draft set.
 
-        A candidate whose measure raises ``ValueError`` (an empty band, a statistic that is not finite) or
+        A candidate whose score raises ``ValueError`` (an empty band, a statistic that is not finite) or
         ``circuit.decision.Inconclusive`` (no head in its band) on some set is passed over. The sets are the
         outer loop, so that each set's patching sweeps are computed once (the lab keeps a few sets' results).
         The held-out sets then state the chosen candidate's threshold (:meth:`rule`): choosing among
         candidates here costs the held-out evidence nothing."""
         from circuit.decision import Inconclusive
 
-        lows: dict[int, list[float]] = {i: [] for i in range(len(candidates))}
-        estimates: dict[int, list[float]] = {i: [] for i in range(len(candidates))}
+        scores: dict[int, list[float]] = {i: [] for i in range(len(candidates))}
         for ps in self.sets:
             for i, candidate in enumerate(candidates):
-                if i not in lows:
+                if i not in scores:
                     continue
                 try:
-                    interval = measure_of(candidate)(self.lab, ps)
+                    scores[i].append(float(score_of(candidate)(self.lab, ps)))
                 except (ValueError, Inconclusive):
-                    del lows[i], estimates[i]
-                    continue
-                lows[i].append(float(interval.low))
-                estimates[i].append(float(interval.estimate))
-        if not lows:
+                    del scores[i]
+        if not scores:
             return None
-        chosen = max(lows, key=lambda i: (min(lows[i]), -i))  # ties: the earlier candidate
-        return candidates[chosen], estimates[chosen]
+        chosen = max(scores, key=lambda i: (min(scores[i]), -i))  # ties: the earlier candidate
+        return candidates[chosen], scores[chosen]
+
+
+def clearance(interval: Any, above: float) -> float:
+    """How far an interval's estimate lies above ``above``, in half-widths of the interval: the score to choose
+    a candidate by (:meth:`DraftContext.best`) for a claim ``statistic >= threshold`` that is stated only above
+    ``above``, since the margin the held-out sets need grows with the statistic's noise. A point interval (no
+    noise) scores its distance times 1e12."""
+    half = float(interval.high - interval.low) / 2
+    return (float(interval.estimate) - above) / max(half, 1e-12)
 
 
 DRAFTERS: dict[str, Any] = {}

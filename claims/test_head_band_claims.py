@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from circuit.decision import Rule
 from circuit.discover import DraftContext, drafts
+from circuit.drafts import clearance
 from circuit.report import heatmap, scatter_figure
 from circuit.spec import ClaimSpec, Layer, LayerBound, Rank, register_claim
 
@@ -294,14 +295,15 @@ def test_pattern_patching_reproduces_late_heads_output_patching(model, claim, ve
 # --- drafters (discovery) -----------------------------------------------------------------------------
 
 
-def _chosen(ctx: DraftContext, what: str, candidates, measure_of):
-    """The candidate bands chosen on the draft sets (``DraftContext.best``), and the note's words for the choice."""
-    found = ctx.best(candidates, measure_of)
+def _chosen(ctx: DraftContext, what: str, candidates, measure_of, above):
+    """The candidate chosen on the draft sets (``DraftContext.best``): the one whose statistic lies furthest above
+    ``above`` (the value the drafter states it above) in units of its noise; and the note's words for the choice."""
+    found = ctx.best(candidates, lambda c: lambda lab, ps: clearance(measure_of(c)(lab, ps), above))
     if found is None:
         return None, f"not stated: {what}: no candidate ({candidates}) measures on every draft set"
-    chosen, estimates = found
-    return chosen, (f"{what} chosen on the draft sets among {candidates} (estimates "
-                    f"{[round(e, 3) for e in estimates]})")
+    chosen, scores = found
+    return chosen, (f"{what} chosen on the draft sets among {candidates} (clearance of {above:g} per set, in "
+                    f"half-widths: {[round(e, 2) for e in scores]})")
 
 
 @drafts("late-value-heads")
@@ -310,7 +312,7 @@ def _draft_late_value_heads(ctx: DraftContext):
     if not candidates:
         return None, f"not stated: no layer of {ctx.n_layers} leaves earlier heads to compare late heads with"
     late, where = _chosen(ctx, "late layers", candidates,
-                          lambda late: lambda lab, ps: late_value_ratio(lab, ps, late))
+                          lambda late: lambda lab, ps: late_value_ratio(lab, ps, late), 1.0)
     if late is None:
         return None, where
 
@@ -331,7 +333,7 @@ def _draft_pattern_bands(ctx: DraftContext):
         return None, (f"not stated: {ctx.n_layers} layers leave no room for an early, a middle and a late band of "
                       f"at least one layer each")
     bands, where = _chosen(ctx, "bands (early_until_layer, late_from_layer)", candidates,
-                           lambda c: lambda lab, ps: pattern_band_ratio(lab, ps, *c))
+                           lambda c: lambda lab, ps: pattern_band_ratio(lab, ps, *c), 1.0)
     if bands is None:
         return None, where
     early, late = bands
@@ -350,18 +352,15 @@ def _draft_pattern_bands(ctx: DraftContext):
 
 @drafts("pattern-explains-late-heads")
 def _draft_pattern_explains_late_heads(ctx: DraftContext):
-    candidates = ctx.late_layers()
+    candidates = [(late, k) for late in ctx.late_layers()
+                  for k in range(1, min(ctx.options.n_heads_named, (ctx.n_layers - late) * ctx.n_heads) + 1)]
     if not candidates:
         return None, f"not stated: no late layers in a {ctx.n_layers}-layer model"
-
-    def k_of(late):
-        return min(ctx.options.n_heads_named, (ctx.n_layers - late) * ctx.n_heads)
-
-    late, where = _chosen(ctx, "late layers", candidates,
-                          lambda late: lambda lab, ps: pattern_share_of_late_heads(lab, ps, late, k_of(late)))
-    if late is None:
+    chosen, where = _chosen(ctx, "(late_from_layer, top_k)", candidates,
+                            lambda c: lambda lab, ps: pattern_share_of_late_heads(lab, ps, *c), 0.5)
+    if chosen is None:
         return None, where
-    k = k_of(late)
+    late, k = chosen
 
     def measure(lab, ps):
         return pattern_share_of_late_heads(lab, ps, late, k)

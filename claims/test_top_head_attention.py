@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from circuit.attention import head_patterns
 from circuit.decision import Inconclusive, Rule
 from circuit.discover import DraftContext, drafts
+from circuit.drafts import clearance
 from circuit.report import attention_figure, heads_of
 from circuit.spec import TopHeadAttentionClaim
 
@@ -106,15 +107,13 @@ def _early_entropy(claim):
 
 
 def _both_above_the_stated_minimums(claim):
-    """A measure for choosing on the draft sets: how far the weaker of the two statistics lies above its stated
-    minimum (the interval's low end and the estimate, each the smaller of the two)."""
-    def measure(lab, ps):
-        bos, entropy = _late_bos(claim)(lab, ps), _early_entropy(claim)(lab, ps)
-        return SimpleNamespace(low=min(float(bos.low) - MIN_STATED_BOS, float(entropy.low) - MIN_STATED_ENTROPY),
-                               estimate=min(float(bos.estimate) - MIN_STATED_BOS,
-                                            float(entropy.estimate) - MIN_STATED_ENTROPY))
+    """A score for choosing on the draft sets: how far the weaker of the two statistics lies above its stated
+    minimum, in half-widths of its interval (``circuit.drafts.clearance``)."""
+    def score(lab, ps):
+        return min(clearance(_late_bos(claim)(lab, ps), MIN_STATED_BOS),
+                   clearance(_early_entropy(claim)(lab, ps), MIN_STATED_ENTROPY))
 
-    return measure
+    return score
 
 
 @drafts("top-head-attention")
@@ -131,8 +130,10 @@ def _draft_top_head_attention(ctx: DraftContext):
                       f"between them")
     found = ctx.best(candidates, _both_above_the_stated_minimums)
     if found is None:
-        return None, ("not stated: on some draft set, for every choice of top_k <= {most} and bands, the early or "
-                      "the late band holds none of the top heads by |z patching|").format(most=most)
+        tops = [[f"L{layer}H{head}" for layer, head in _top_heads(ctx.lab, ps, most)] for ps in ctx.sets]
+        return None, (f"not stated: on some draft set, for every choice of top_k <= {most} and bands (late layers "
+                      f"from {ctx.late_layers()}), the early or the late band holds none of the top heads by "
+                      f"|z patching| (top {most} per draft set: {tops})")
     chosen, _ = found
     where = (f"top_k {chosen.top_k}, late layers {chosen.late_from_layer}+, early layers before "
              f"{chosen.early_until_layer}, chosen on the draft sets")
