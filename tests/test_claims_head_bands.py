@@ -177,7 +177,8 @@ def test_on_a_deeper_model_the_drafters_choose_the_bands_on_the_draft_sets():
     assert (late_value.late_from_layer, late_value.min_ratio) == (4, 5.0), note
     assert "chosen on the draft sets among [3, 4, 5]" in note
     drafted_bands, note = DRAFTERS["pattern-bands"](ctx)
-    assert (drafted_bands.early_until_layer, drafted_bands.late_from_layer, drafted_bands.min_ratio) == (2, 5, 4.0), note
+    drafted = (drafted_bands.early_until_layer, drafted_bands.late_from_layer, drafted_bands.min_ratio)
+    assert drafted == (2, 5, 4.0), note
     share, _ = DRAFTERS["pattern-explains-late-heads"](ctx)
     assert share.min_fraction == 1.0
 
