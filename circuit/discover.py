@@ -223,7 +223,6 @@ def discover(model: Any, options: DiscoveryOptions, *, match: Sequence[str]) -> 
         notes["value-plus-pattern"] = (f"not stated: the held-out sets support a correlation of (v + pattern) with z "
                                        f"of at least {correlation.threshold:g} only (needs {options.min_correlation})")
 
-    notes.update(_top_head_attention_note(lab, chosen_on, n_layers))
     for claim_id, drafter in sorted(DRAFTERS.items()):
         try:
             drafted, note = drafter(ctx.for_claim(claim_id))
@@ -304,18 +303,6 @@ def _named_heads(ctx: DraftContext, options: DiscoveryOptions, n_layers: int,
                             top_k=k, heads=tuple(named))
     beyond = labels[j:options.n_heads_named]
     return claim, (f"heads not named (their gap is not supported): {beyond}" if beyond else "")
-
-
-def _top_head_attention_note(lab: Any, sets: Sequence[Any], n_layers: int) -> dict[str, str]:
-    """The source's attention claim is stated by hand only; discovery reports what it measured."""
-    import torch
-
-    to_bos = torch.stack([lab.attention(ps).to_bos.double().cpu().mean(-1) for ps in sets]).mean(0)
-    entropy = torch.stack([lab.attention(ps).normalized_entropy.double().cpu().mean(-1) for ps in sets]).mean(0)
-    return {"top-head-attention": (
-        f"not stated by discovery: per layer, the largest mean attention to BOS is "
-        f"{[round(float(x), 2) for x in to_bos.amax(-1)]} and the largest normalized entropy is "
-        f"{[round(float(x), 2) for x in entropy.amax(-1)]}; state it by hand if these support it")}
 
 
 def _toml_value(value: Any) -> str:

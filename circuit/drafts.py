@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-__all__ = ["DRAFTERS", "DraftContext", "Measured", "drafts", "floor_to", "ceil_to", "width_of"]
+__all__ = ["DRAFTERS", "DraftContext", "Measured", "clearance", "drafts", "floor_to", "ceil_to", "width_of"]
 
 
 def floor_to(x: float, grid: float) -> float:
@@ -176,6 +176,67 @@ class DraftContext:
         """The late layers found by final-token localization (None when that claim is not stated)."""
         claim = self.stated.get("final-token-localization")
         return None if claim is None else claim.late_from_layer
+
+    def late_layers(self) -> list[int]:
+        """Where the late layers may start, for a claim about late heads or bands: final-token localization's
+        late layer (when stated) and every layer of the model's second half, always leaving layers before
+        them (the source's late heads are layers 16+ of 24)."""
+        second_half = range(math.ceil(self.n_layers / 2), self.n_layers)
+        stated = [] if self.late_from_layer is None else [self.late_from_layer]
+        return sorted({layer for layer in (*stated, *second_half) if 1 <= layer < self.n_layers})
+
+    def early_bounds(self, late: int) -> list[int]:
+        """Where an early band may end (the layers before it) when the late layers start at ``late``: at least
+        one layer, at most the first half, and room for a middle band of at least one layer before ``late``
+        (the source's early heads are layers 0..3 of 24)."""
+        return [bound for bound in range(1, max(1, self.n_layers // 2) + 1) if bound < late]
+
+    def best(self, candidates: Sequence[Any], score_of: Any) -> tuple[Any, list[float]] | None:
+        """Choose, on the draft sets, the candidate (e.g. a band of layers) whose smallest score over the sets,
+        ``score_of(candidate)(lab, prompt_set)`` (e.g. :func:`clearance`), is the largest; returns it and its
+        per-set scores, or None when no candidate scores on every draft set.
+
+        A candidate whose score raises ``ValueError`` (an empty band, a statistic that is not finite) or
+        ``circuit.decision.Inconclusive`` (no head in its band) on some set is passed over. The sets are the
+        outer loop, so that each set's patching sweeps are computed once (the lab keeps a few sets' results).
+        The held-out sets then state the chosen candidate's threshold (:meth:`rule`): choosing among
+        candidates here costs the held-out evidence nothing."""
+        from circuit.decision import Inconclusive
+
+        scores: dict[int, list[float]] = {i: [] for i in range(len(candidates))}
+        for ps in self.sets:
+            for i, candidate in enumerate(candidates):
+                if i not in scores:
+                    continue
+                try:
+                    scores[i].append(float(score_of(candidate)(self.lab, ps)))
+                except (ValueError, Inconclusive):
+                    del scores[i]
+        if not scores:
+            return None
+        chosen = max(scores, key=lambda i: (min(scores[i]), -i))  # ties: the earlier candidate
+        return candidates[chosen], scores[chosen]
+
+    def choose(self, what: str, candidates: Sequence[Any], measure_of: Any, above: float) -> tuple[Any, str]:
+        """The candidate chosen on the draft sets (:meth:`best` by :func:`clearance`): the one whose statistic,
+        ``measure_of(candidate)(lab, prompt_set)``, lies furthest above ``above`` (the value the drafter states it
+        above) in units of its noise; and the note's words for the choice. ``(None, reason)`` when no candidate
+        measures on every draft set."""
+        found = self.best(candidates, lambda c: lambda lab, ps: clearance(measure_of(c)(lab, ps), above))
+        if found is None:
+            return None, f"not stated: {what}: no candidate ({list(candidates)}) measures on every draft set"
+        chosen, scores = found
+        return chosen, (f"{what} chosen on the draft sets among {list(candidates)} (clearance of {above:g} per set, "
+                        f"in half-widths: {[round(e, 2) for e in scores]})")
+
+
+def clearance(interval: Any, above: float) -> float:
+    """How far an interval's estimate lies above ``above``, in half-widths of the interval: the score to choose
+    a candidate by (:meth:`DraftContext.best`) for a claim ``statistic >= threshold`` that is stated only above
+    ``above``, since the margin the held-out sets need grows with the statistic's noise. A point interval (no
+    noise) scores its distance times 1e12."""
+    half = float(interval.high - interval.low) / 2
+    return (float(interval.estimate) - above) / max(half, 1e-12)
 
 
 DRAFTERS: dict[str, Any] = {}

@@ -256,16 +256,15 @@ def test_pattern_patching_reproduces_late_heads_output_patching(model, claim, ve
 # --- drafters (discovery) -----------------------------------------------------------------------------
 
 
-def _late_layer(ctx: DraftContext):
-    """The late layers for a draft, by the band rule every band claim drafts with (``circuit.bands``)."""
-    return ctx.bands.late_from_layer, ctx.bands.where
-
-
 @drafts("late-value-heads")
 def _draft_late_value_heads(ctx: DraftContext):
-    late, where = _late_layer(ctx)
-    if not 1 <= late < ctx.n_layers:
-        return None, f"not stated: {where} start at layer {late}, leaving no earlier heads to compare with"
+    candidates = ctx.late_layers()
+    if not candidates:
+        return None, f"not stated: no layer of {ctx.n_layers} leaves earlier heads to compare late heads with"
+    late, where = ctx.choose("late layers", candidates,
+                          lambda late: lambda lab, ps: late_value_ratio(lab, ps, late), 1.0)
+    if late is None:
+        return None, where
 
     def measure(lab, ps):
         return late_value_ratio(lab, ps, late)
@@ -273,16 +272,21 @@ def _draft_late_value_heads(ctx: DraftContext):
     rule = ctx.rule(">=", measure, "min_ratio")
     if rule.threshold <= 1.0:
         return None, (f"not stated: mean |v effect| of heads in layers {late}+ / of earlier heads: "
-                      f"{ctx.log[ctx.claim_id]['min_ratio']}: no threshold above 1")
+                      f"{ctx.log[ctx.claim_id]['min_ratio']}: no threshold above 1 ({where})")
     return LateValueHeads(tolerance=ctx.tolerance(measure), late_from_layer=late, min_ratio=rule.threshold), where
 
 
 @drafts("pattern-bands")
 def _draft_pattern_bands(ctx: DraftContext):
-    early, late, where = ctx.bands.early_until_layer, ctx.bands.late_from_layer, ctx.bands.where
-    if not ctx.bands.has_middle:
-        return None, (f"not stated: {where} start at layer {late} of {ctx.n_layers}, leaving no room for an early "
-                      f"and a middle band of at least one layer each")
+    candidates = [(early, late) for late in ctx.late_layers() for early in ctx.early_bounds(late)]
+    if not candidates:
+        return None, (f"not stated: {ctx.n_layers} layers leave no room for an early, a middle and a late band of "
+                      f"at least one layer each")
+    bands, where = ctx.choose("bands (early_until_layer, late_from_layer)", candidates,
+                           lambda c: lambda lab, ps: pattern_band_ratio(lab, ps, *c), 1.0)
+    if bands is None:
+        return None, where
+    early, late = bands
 
     def measure(lab, ps):
         return pattern_band_ratio(lab, ps, early, late)
@@ -290,17 +294,23 @@ def _draft_pattern_bands(ctx: DraftContext):
     rule = ctx.rule(">=", measure, "min_ratio")
     if rule.threshold <= 1.0:
         return None, (f"not stated: min(early, late) / middle mean |pattern effect| with bands 0..{early - 1}, "
-                      f"{early}..{late - 1}, {late}+: {ctx.log[ctx.claim_id]['min_ratio']}: no threshold above 1")
+                      f"{early}..{late - 1}, {late}+: {ctx.log[ctx.claim_id]['min_ratio']}: no threshold above 1 "
+                      f"({where})")
     return PatternBands(tolerance=ctx.tolerance(measure), early_until_layer=early, late_from_layer=late,
-                        min_ratio=rule.threshold), f"{where}; early band: layers before {early} (a sixth of the model)"
+                        min_ratio=rule.threshold), where
 
 
 @drafts("pattern-explains-late-heads")
 def _draft_pattern_explains_late_heads(ctx: DraftContext):
-    late, where = _late_layer(ctx)
-    if not 0 <= late < ctx.n_layers:
-        return None, f"not stated: {where} start at layer {late} of {ctx.n_layers}"
-    k = min(ctx.options.n_heads_named, (ctx.n_layers - late) * ctx.n_heads)
+    candidates = [(late, k) for late in ctx.late_layers()
+                  for k in range(1, min(ctx.options.n_heads_named, (ctx.n_layers - late) * ctx.n_heads) + 1)]
+    if not candidates:
+        return None, f"not stated: no late layers in a {ctx.n_layers}-layer model"
+    chosen, where = ctx.choose("(late_from_layer, top_k)", candidates,
+                            lambda c: lambda lab, ps: pattern_share_of_late_heads(lab, ps, *c), 0.5)
+    if chosen is None:
+        return None, where
+    late, k = chosen
 
     def measure(lab, ps):
         return pattern_share_of_late_heads(lab, ps, late, k)
@@ -309,6 +319,6 @@ def _draft_pattern_explains_late_heads(ctx: DraftContext):
     if rule.threshold < 0.5:
         return None, (f"not stated: share of the z effect of the top {k} heads in layers {late}+ reproduced by "
                       f"pattern patching: {ctx.log[ctx.claim_id]['min_fraction']}: no threshold of at least 0.5 "
-                      f"(most of it)")
+                      f"(most of it) ({where})")
     return PatternExplainsLateHeads(tolerance=ctx.tolerance(measure), late_from_layer=late, top_k=k,
                                     min_fraction=rule.threshold), where

@@ -83,9 +83,13 @@ def test_late_layers_matter_most_by_the_source_s_value_patching(model, claim, ve
 
 @drafts("late-value-positions")
 def _draft_late_value_positions(ctx: DraftContext):
-    late, where = ctx.bands.late_from_layer, ctx.bands.where
-    if not 1 <= late < ctx.n_layers:
-        return None, f"not stated: {where} start at layer {late}, leaving no earlier layers to compare with"
+    candidates = ctx.late_layers()  # the late bands late-value-heads chooses among: either reading, same cells
+    if not candidates:
+        return None, f"not stated: no layer of {ctx.n_layers} leaves earlier layers to compare late layers with"
+    late, where = ctx.choose("late layers", candidates,
+                             lambda late: lambda lab, ps: late_value_position_ratio(lab, ps, late), 1.0)
+    if late is None:
+        return None, where
 
     def measure(lab, ps):
         return late_value_position_ratio(lab, ps, late)
@@ -93,5 +97,5 @@ def _draft_late_value_positions(ctx: DraftContext):
     rule = ctx.rule(">=", measure, "min_ratio")
     if rule.threshold <= 1.0:
         return None, (f"not stated: mean |v_pos effect| (positions 0..n_heads-1) of layers {late}+ / of earlier "
-                      f"layers: {ctx.log[ctx.claim_id]['min_ratio']}: no threshold above 1")
+                      f"layers: {ctx.log[ctx.claim_id]['min_ratio']}: no threshold above 1 ({where})")
     return LateValuePositions(tolerance=ctx.tolerance(measure), late_from_layer=late, min_ratio=rule.threshold), where

@@ -154,7 +154,7 @@ def test_the_drafters_state_what_the_effects_support_and_say_why_not_otherwise()
     drafted_bands, _ = DRAFTERS["pattern-bands"](ctx)
     assert (drafted_bands.early_until_layer, drafted_bands.late_from_layer, drafted_bands.min_ratio) == (1, 2, 4.0)
     share, _ = DRAFTERS["pattern-explains-late-heads"](ctx)
-    assert (share.late_from_layer, share.top_k, share.min_fraction) == (2, 2, 1.0)  # pattern = z: share 1
+    assert (share.late_from_layer, share.top_k, share.min_fraction) == (2, 1, 1.0)  # pattern = z: share 1 (ties: k 1)
 
     flat = constant([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]])
     ctx = _draft_context(GivenEffects(v=flat, pattern=flat, z=-flat), 3, 2)
@@ -163,6 +163,35 @@ def test_the_drafters_state_what_the_effects_support_and_say_why_not_otherwise()
                              ("pattern-explains-late-heads", "held-out estimate -1 [95% CI -1, -1]")):
         drafted, note = DRAFTERS[claim_id](ctx)
         assert drafted is None and note.startswith("not stated: ") and number in note, (claim_id, note)
+
+
+def test_on_a_deeper_model_the_drafters_choose_the_bands_on_the_draft_sets():
+    """Six layers: the late layers may start at 3, 4 or 5 and the early band end at 1..3; each drafter states the
+    bands where its statistic is largest (the effects are noiseless: the threshold is the value itself)."""
+    from circuit.discover import DRAFTERS
+
+    v = constant([[1.0, 1.0]] * 4 + [[5.0, -5.0]] * 2)  # late from 4: 5 / 1; from 3: 11/3; from 5: 5 / 1.8
+    pattern = constant([[4.0, -4.0]] * 2 + [[1.0, 1.0]] * 3 + [[4.0, 4.0]])  # bands 0..1, 2..4, 5: 4 / 1
+    ctx = _draft_context(GivenEffects(v=v, pattern=pattern, z=pattern), 6, 2)
+    late_value, note = DRAFTERS["late-value-heads"](ctx)
+    assert (late_value.late_from_layer, late_value.min_ratio) == (4, 5.0), note
+    assert "chosen on the draft sets among [3, 4, 5]" in note
+    drafted_bands, note = DRAFTERS["pattern-bands"](ctx)
+    drafted = (drafted_bands.early_until_layer, drafted_bands.late_from_layer, drafted_bands.min_ratio)
+    assert drafted == (2, 5, 4.0), note
+    share, _ = DRAFTERS["pattern-explains-late-heads"](ctx)
+    assert share.min_fraction == 1.0
+
+
+def test_a_band_candidate_that_cannot_be_measured_is_passed_over():
+    """``DraftContext.best``: a candidate whose measure raises (an empty band) on a draft set is not chosen."""
+    effects = constant([[1.0, 1.0], [1.0, 1.0], [3.0, 3.0]])
+    ctx = _draft_context(GivenEffects(v=effects), 3, 2)
+    def score_of(late):
+        return lambda lab, ps: float(bands.late_value_ratio(lab, ps, late).estimate)
+
+    assert ctx.best([0, 2], score_of) == (2, [3.0])
+    assert ctx.best([0], score_of) is None
 
 
 # --- falsifiability ----------------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from fixtures.train_default_model import ARCHS, DOMAIN_MAX, domain, info_problem
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 NAMES = tuple(ARCHS.values())
-"""The bundled models, by ``--arch``: qwen2-mult-2d (the default) and llama-mult-2d."""
-MODEL_TYPES = {"qwen2-mult-2d": "qwen2", "llama-mult-2d": "llama"}
+"""The bundled models, by ``--arch``: qwen2-mult-2d (the default), llama-mult-2d and neox-mult-2d."""
+MODEL_TYPES = {"qwen2-mult-2d": "qwen2", "llama-mult-2d": "llama", "neox-mult-2d": "gpt_neox"}
 
 
 def folder(name: str) -> Path:
@@ -69,15 +69,20 @@ def test_folder_holds_a_small_hf_model_in_safetensors(name):
     assert size <= 10 * 2**20, f"{name} holds {size / 2**20:.1f} MiB; a bundled model must stay under 10 MiB."
 
 
-def test_the_bundled_models_are_two_architectures():
-    """Qwen2 (q/k/v biases, tied embeddings) and Llama (no biases, untied embeddings), grouped-query both."""
+def test_the_bundled_models_are_three_architectures():
+    """Qwen2 (q/k/v biases, tied embeddings) and Llama (no biases, untied embeddings), 3 layers with
+    grouped-query attention; GPT-NeoX (LayerNorm, parallel attention and MLP, biases), 6 layers, so that
+    early, middle and late bands of layers exist."""
     configs = {name: json.loads((folder(name) / "config.json").read_text()) for name in NAMES}
     assert {name: c["model_type"] for name, c in configs.items()} == MODEL_TYPES
     assert configs["qwen2-mult-2d"]["tie_word_embeddings"] is True
     llama = configs["llama-mult-2d"]
     assert llama["tie_word_embeddings"] is False and llama["attention_bias"] is False and llama["mlp_bias"] is False
-    for config in configs.values():
-        assert config["num_key_value_heads"] < config["num_attention_heads"], "grouped-query attention expected"
+    for name in ("qwen2-mult-2d", "llama-mult-2d"):
+        assert configs[name]["num_key_value_heads"] < configs[name]["num_attention_heads"], "grouped-query expected"
+    neox = configs["neox-mult-2d"]
+    assert neox["use_parallel_residual"] is True and neox["attention_bias"] is True
+    assert neox["tie_word_embeddings"] is False and neox["num_hidden_layers"] >= 6
 
 
 @pytest.mark.parametrize("name", NAMES)
