@@ -72,3 +72,46 @@ def test_the_adding_a_claim_example_is_one_file_and_one_table_and_can_fail(tmp_p
     (record,) = [c for c in evidence[DEFAULT_MODELS[0]]["claims"] if c["claim_id"] == "clean-margin"]
     assert record["outcome"] == "failed" and record["high"] < 1000.0
     assert "CI low >= min_logit_diff = 1000: REFUTED" in output
+
+
+def _claim_table() -> tuple[list[str], dict[str, list[str]]]:
+    """README's table of which bundled model supports which claim: (model columns, claim id -> row cells)."""
+    text = README.read_text()
+    section = text[text.index("**Which bundled model supports which claim.**"):]
+    lines = [line for line in section.split("\n\n", 2)[1].splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = {}
+    for line in lines[2:]:
+        cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+        rows[cells[0].strip("`")] = cells[1:]
+    return header[1:-1], rows
+
+
+def test_the_claim_table_accounts_for_every_claim_id_as_the_specs_state_it():
+    """Every registered claim id has one row; a model's cell says "supported" exactly where its spec states the
+    claim (each bundled spec's stated claims are all supported: its header says so, `pytest claims/ --model M`
+    checks it); a claim no bundled model supports gives a measured reason (a number)."""
+    import importlib
+    import tomllib
+
+    from circuit.spec import KNOWN_CLAIMS
+    from fixtures.claims_session import BUNDLED_MODELS
+
+    for path in sorted((README.parent / "claims").glob("test_*.py")):
+        importlib.import_module(f"claims.{path.stem}")
+    models, rows = _claim_table()
+    bundled = sorted(p.parent.name for p in BUNDLED_MODELS.glob("*/config.json"))
+    assert sorted(models) == bundled, f"README's claim table has columns {models}, the bundled models are {bundled}"
+    assert sorted(rows) == sorted(KNOWN_CLAIMS), f"README's claim table differs from the claim ids: " \
+        f"missing {sorted(set(KNOWN_CLAIMS) - set(rows))}, extra {sorted(set(rows) - set(KNOWN_CLAIMS))}"
+    stated = {m: tomllib.loads((README.parent / "claims" / "specs" / f"{m}.toml").read_text()).get("claims", {})
+              for m in models}
+    for claim_id, cells in rows.items():
+        for model, cell in zip(models, cells):
+            expected = "supported" if claim_id in stated[model] else "—"
+            assert cell == expected, f"{claim_id} on {model}: README says {cell!r}, the spec gives {expected!r}"
+        why = cells[len(models)]
+        if all(cell == "—" for cell in cells[:len(models)]):
+            assert re.search(r"\d", why), f"{claim_id} is supported on no bundled model and README gives no measured reason"
+        else:
+            assert not why, f"{claim_id} is supported on a bundled model, but README gives a reason why not: {why}"
