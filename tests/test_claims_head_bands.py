@@ -10,6 +10,8 @@ their spec checks, and falsifiability.
   They run on the bundled default model: the claims need a model that solves the task (on the random-weight
   test models clean and corrupted logit differences mostly do not differ, and the claims stop at that
   precondition before their statistic), and one with at least 3 layers (an early, a middle and a late band).
+- Support: on the 6-layer bundled neox-mult-2d, where two of the statements hold in a weaker form, the same
+  claim tests are supported with a true spec (``late-value-heads`` is false there, and stays unstated).
 """
 
 from __future__ import annotations
@@ -258,3 +260,74 @@ def test_an_unreachable_threshold_fails_each_head_band_claim(unreachable_run, te
     assert claim["threshold"].startswith("CI low >= min_") and claim["threshold"].endswith(f" = {UNREACHABLE:g}")
     assert claim["high"] < UNREACHABLE and claim["low"] <= claim["estimate"] <= claim["high"]
     assert "REFUTED: the interval lies wholly on the other side of the threshold" in result.stdout
+
+
+SUPPORTED_MODEL = "neox-mult-2d"
+"""The bundled model where pattern-bands and pattern-explains-late-heads hold (discovery, 4 held-out sets of 16
+prompts: pattern-bands ratio 4.2 [95% CI -0.44, 8.85] with bands 0..1, 2, 3+; share 0.67 [0.36, 0.97] for the top
+3 heads of layers 4+). Measured with the spec below (3 sets): ratio 2.24 [1.15, 6.08] over 32 prompts; share
+0.77 [0.53, 0.96] over 64 prompts (the first look, 32 prompts, inconclusive). ``late-value-heads`` is false
+there (late heads from layer 5: ratio 0.12 [0.04, 0.21]) and is not stated."""
+
+TRUE_SPEC = f"""
+[model]
+match = ["{SUPPORTED_MODEL}"]
+[statistics]
+level = 0.95
+n_resamples = 200
+[prompts]
+min_size = 24
+max_size = 32
+min_digits = 2
+max_digits = 2
+corruptions = ["same_length"]
+metric = "first_differing_token"
+budget = 64
+[claims.pattern-bands]
+early_until_layer = 2
+late_from_layer = 3
+min_ratio = 1.0
+tolerance = 0.5
+[claims.pattern-explains-late-heads]
+late_from_layer = 4
+top_k = 3
+min_fraction = 0.3
+tolerance = 0.1
+"""
+
+
+@pytest.fixture(scope="module")
+def true_spec_run(tmp_path_factory):
+    from test_claims_falsifiable import run_claims
+
+    tmp = tmp_path_factory.mktemp("head-bands-true")
+    (tmp / "spec.toml").write_text(TRUE_SPEC)
+    return run_claims(tmp, str(CLAIMS), "--claims-spec", str(tmp / "spec.toml"), "--model", SUPPORTED_MODEL,
+                      "-p", "no:html")
+
+
+@pytest.mark.parametrize(("test", "statistic", "threshold"), [
+    ("test_early_and_late_heads_matter_by_pattern_patching",
+     "min(mean |pattern patching effect| of layers 0..1, of layers 3+) / of layers 2..2", "min_ratio = 1"),
+    ("test_pattern_patching_reproduces_late_heads_output_patching",
+     "share of the z patching effect of the late top-3 heads (layers 4+)", "min_fraction = 0.3"),
+])
+def test_a_true_spec_supports_the_head_band_claims_where_they_hold(true_spec_run, test, statistic, threshold):
+    """The claims pass where they are true, with the statements weakened only as far as the model needs.
+
+    pattern-bands with ``min_ratio`` 1 is the source's sentence itself: the weaker of the early band (layers 0..1)
+    and the late band (3+) matters more by pattern patching than the middle band (layer 2). pattern-explains-late-
+    heads with ``min_fraction`` 0.3 is weaker than the source's "most" (0.5): pattern patching of the top 3 heads
+    of layers 4+ reproduces at least 0.3 of their output patching effect; discovery did not state it at 0.5,
+    and neither does this test.
+    """
+    from test_claims_falsifiable import verdicts
+
+    result, evidence = true_spec_run
+    claim = verdicts(evidence[SUPPORTED_MODEL])[test]
+    assert claim["outcome"] == "passed" and claim["verdict"] == "supported", result.stdout[-3000:]
+    assert claim["statistic"].startswith(statistic), claim["statistic"]
+    assert claim["threshold"].startswith("CI low >= min_") and claim["threshold"].endswith(threshold)
+    assert claim["low"] >= claim["rule_threshold"] and claim["low"] <= claim["estimate"] <= claim["high"]
+    skipped = verdicts(evidence[SUPPORTED_MODEL]).get("test_late_heads_matter_most_by_value_patching")
+    assert skipped is None or skipped["verdict"] != "supported", skipped
