@@ -210,10 +210,11 @@ def test_the_drafters_state_what_the_values_support_and_say_why_not_otherwise():
     assert (drafted.late_from_layer, drafted.min_ratio) == (4, 4.0), note  # (5 + 3) / 2 over 1
     drafted, note = DRAFTERS["early-direct-effects"](ctx)
     assert (drafted.early_until_layer, drafted.min_direct_share) == (1, 1.0), note
-    # localization at layer 2 moves the late band (and the early band stays a sixth: layer 0)
-    drafted, _ = DRAFTERS["late-value-positions"](_draft_context(lab, 6, 1, {"final-token-localization": SimpleNamespace(
+    # localization at layer 2 adds layer 2 to the late bands chosen among (as late-value-heads chooses): on these
+    # effects layer 4 still clears 1 furthest (ratios 2.5, 3, 4, 1.67 from layers 2, 3, 4, 5)
+    drafted, note = DRAFTERS["late-value-positions"](_draft_context(lab, 6, 1, {"final-token-localization": SimpleNamespace(
         late_from_layer=2)}))
-    assert drafted.late_from_layer == 2
+    assert drafted.late_from_layer == 4 and "among [2, 3, 4, 5]" in note, note
 
     flat = GivenLab({"z": z, "z_final": 0.1 * z, "v_pos": constant([[1.0]] * 6),
                      "attn_out": constant([[0.5, 0.5]] + [[0.0, 0.0]] * 5)},
