@@ -235,9 +235,9 @@ def _judge(model, claim, verdict, what: str):
     described = "; ".join(f"{r.observation.text}: p = {r.probability:.4g}, rank {r.rank}" for r in stated)
     plural = "probabilities" if what == "probability" else "ranks"
     verdict.value(f"smallest slack of the pinned {plural} inside their stated ranges (>= 0: all inside), each "
-                  f"probability +- atol[{dtype}] = {atol:g} (one prompt: no bootstrap) [{described}]",
+                  f"probability +- atol[{dtype}] = {atol:g} (one prompt: no bootstrap)",
                   value, Rule(">=", 0), shown=list(dict.fromkeys(r.observation.prompt for r in stated)),
-                  figures=_table(readings, atol),
+                  figures=_table(readings, atol), detail=f"Readings: {described}.",
                   bound=f"one prompt per reading, so the interval is the computed value within the spec's numerical "
                         f"tolerance atol[{dtype}] = {atol:g} on every probability, not a bootstrap over prompts")
 

@@ -55,6 +55,6 @@ def test_each_worker_loads_its_model_once_and_the_report_holds_every_test(tmp_pa
     assert loads and set(loads) <= {"gw0", "gw1"} and len(loads) == len(set(loads)), f"loads per worker: {loads}"
     html = (reports / "claims-partial.html").read_text()
     assert html.count("<tr><td><code>test_") == 3, "the summary lacks a worker's tests"
-    assert f"partial run: 3 of {N_CLAIM_TESTS} claim tests" in html and 'alt="Forest plot of every claim test"' in html
+    assert f"partial run: 3 of {N_CLAIM_TESTS} claim tests" in html and "aria-label='Forest plot of every claim test'" in html
     # the workers' evidence (rendered there, carried in the report's rows): one block per judged test
     assert len(re.findall(r"Prompt sets hypothesis tried: \d+", html_lib.unescape(html))) == 3
