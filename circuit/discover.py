@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from circuit import measures
-from circuit.drafts import DRAFTERS, DraftContext, ceil_to, drafts, floor_to, width_of
+from circuit.drafts import DRAFTERS, DraftContext, drafts, floor_to, width_of
 from circuit.spec import (
     AttributionCompletenessClaim,
     FinalTokenLocalizationClaim,

@@ -11,7 +11,6 @@ the source says (``MIN_STATED_BOS``, ``MIN_STATED_ENTROPY``).
 """
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch

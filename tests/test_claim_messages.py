@@ -16,7 +16,6 @@ import re
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from test_claims_falsifiable import ROOT, no_information_model, run_claims
@@ -194,7 +193,7 @@ def test_every_failing_claims_message_is_short_and_says_what_a_person_needs(fail
         assert re.search(r": .+ = \S+.* rule .+: (REFUTED|INCONCLUSIVE)\.$", first), f"{test}: {first}"
         assert re.search(r"\[\d+% CI ", first) or "Judged on the number itself" in message, message  # the level
         for part in ("\nPrompts: ", "\nJudged ", "\nReproduce: hypothesis profile 'ci' is derandomized",
-                     f"\nRerun: pytest 'claims/"):
+                     "\nRerun: pytest 'claims/"):
             assert part in message, f"{test}: no {part.strip()!r} in\n{message}"
         for noise in ("Failing test case", "reproduce_failure", "PromptSet(", "Problem(a=", "Draw 1"):
             assert noise not in message, f"{test}: hypothesis' {noise!r} is in the message:\n{message}"

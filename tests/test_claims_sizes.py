@@ -288,23 +288,16 @@ observations = [
 """
 
 
-def _run(tmp_path_factory, name, spec):
-    from test_claims_falsifiable import run_claims
-
-    tmp = tmp_path_factory.mktemp(name)
-    (tmp / "spec.toml").write_text(spec)
-    return run_claims(tmp, *map(str, FILES.values()), "--claims-spec", str(tmp / "spec.toml"), "--model",
-                      DEFAULT_MODELS[0], "-p", "no:html")
+@pytest.fixture(scope="module")
+def false_run(new_claim_runs):
+    """This module's false spec, run with tests/test_claims_source_readings.py's (tests/conftest.py)."""
+    return new_claim_runs["false"]
 
 
 @pytest.fixture(scope="module")
-def false_run(tmp_path_factory):
-    return _run(tmp_path_factory, "sizes-false", FALSE)
-
-
-@pytest.fixture(scope="module")
-def true_run(tmp_path_factory):
-    return _run(tmp_path_factory, "sizes-true", TRUE)
+def true_run(new_claim_runs):
+    """This module's true spec, run with the other new claims' (tests/conftest.py)."""
+    return new_claim_runs["true"]
 
 
 @pytest.mark.parametrize(("test", "statistic"), [

@@ -323,24 +323,16 @@ TESTS = {
 }
 
 
-def _run(tmp_path_factory, name, spec, models):
-    from test_claims_falsifiable import run_claims
-
-    tmp = tmp_path_factory.mktemp(name)
-    (tmp / "spec.toml").write_text(spec)
-    files = [str(ROOT / "claims" / f"test_{stem}.py") for stem in FILES]
-    return run_claims(tmp, *files, "--claims-spec", str(tmp / "spec.toml"), *(f"--model={m}" for m in models),
-                      "-p", "no:html")
+@pytest.fixture(scope="module")
+def false_run(new_claim_runs):
+    """This module's false spec, run with tests/test_claims_source_readings.py's (tests/conftest.py)."""
+    return new_claim_runs["false"]
 
 
 @pytest.fixture(scope="module")
-def false_run(tmp_path_factory):
-    return _run(tmp_path_factory, "false", FALSE, [DEFAULT_MODELS[0]])
-
-
-@pytest.fixture(scope="module")
-def true_run(tmp_path_factory):
-    return _run(tmp_path_factory, "true", TRUE, [DEFAULT_MODELS[0], SECOND])
+def true_run(new_claim_runs):
+    """This module's true spec, run with the other new claims' (tests/conftest.py)."""
+    return new_claim_runs["true"]
 
 
 @pytest.mark.parametrize("test", list(TESTS))

@@ -134,7 +134,7 @@ def test_the_card_reports_what_is_measured(loaded):
                                 [Problem(a, b) for a, b in info_problems(summary["config"]["seed"])], batch_size=1000)
     assert (info.n_correct, len(info.correct)) == (summary["info_3x3_correct"], summary["info_3x3_problems"])
     card = (folder(loaded.label) / "README.md").read_text()
-    assert f"**10,000 / 10,000**" in card and f"{summary['wall_time_s'] / 60:.1f} min" in card
+    assert "**10,000 / 10,000**" in card and f"{summary['wall_time_s'] / 60:.1f} min" in card
 
 
 def test_readme_table_of_bundled_models_is_measured(loaded):
