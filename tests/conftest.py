@@ -35,3 +35,20 @@ def new_claim_runs(tmp_path_factory):
         runs[name] = run_claims(tmp, *files, "--claims-spec", str(tmp / "spec.toml"),
                                 *(f"--model={m}" for m in models), "-p", "no:html")
     return runs
+
+
+@pytest.fixture(scope="session")
+def failing_claims_run(tmp_path_factory):
+    """``(folder, result, evidence)`` of claims/ run as a user runs it under tests/test_claim_messages.py's
+    ``SPEC`` (thresholds the default model cannot meet) on the default model and a blind copy of it. Read by
+    tests/test_claim_messages.py (every message short) and tests/test_claims_head_bands.py (the band claims
+    refuted): one run for both."""
+    from test_claim_messages import SPEC
+    from test_claims_falsifiable import ROOT, no_information_model, run_claims
+
+    tmp = tmp_path_factory.mktemp("messages")
+    (tmp / "spec.toml").write_text(SPEC)
+    blind = no_information_model(str(ROOT / "fixtures" / "models" / "qwen2-mult-2d"), tmp / "no-information")
+    result, evidence = run_claims(tmp, str(ROOT / "claims"), "--claims-spec", str(tmp / "spec.toml"), "--model",
+                                  "qwen2-mult-2d", "--model", str(blind), "-p", "no:html")
+    return tmp, result, evidence

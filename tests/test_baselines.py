@@ -10,9 +10,11 @@ is hard to provoke on purpose: a model whose load raises, Ctrl-C half-way, a cla
 
 from __future__ import annotations
 
+import html as html_lib
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -367,13 +369,39 @@ def test_collect_only_writes_nothing(files, pytester, claims_run):
     assert snapshot(files) == before
 
 
+LOAD_COUNTER = '''
+import os
+import circuit.models as models
+
+_load = models.load_model
+
+
+def load_model(*args, **kwargs):
+    with open(os.path.join(os.environ["CLAIMS_LOAD_LOG"], f"{os.getpid()}.log"), "a") as log:
+        log.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'controller')} {args[0] if args else kwargs}\\n")
+    return _load(*args, **kwargs)
+
+
+models.load_model = load_model
+'''
+"""A plugin (``-p count_loads``) that logs every ``circuit.models.load_model`` call with its xdist worker."""
+
+
 def test_xdist_workers_send_every_record_to_the_controller(pytester, monkeypatch, tiny_model):
+    """Under ``-n 2`` each worker loads its model once, the workers send their records (evidence, baseline, the
+    figures they rendered) to the controller, and the controller's report holds every worker's tests."""
     pytest.importorskip("xdist")
     monkeypatch.setenv("MPLCONFIGDIR", MATPLOTLIB_CACHE)
-    result = pytester.runpytest_subprocess(*pytest_args(pytester.path, "-n", "2", ATTRIBUTION, EQUIVALENCE,
-                                                        "--update-baseline", model=tiny_model), timeout=600)
+    (pytester.path / "count_loads.py").write_text(LOAD_COUNTER)
+    logs = pytester.mkdir("loads")
+    monkeypatch.setenv("CLAIMS_LOAD_LOG", str(logs))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(pytester.path), os.environ.get("PYTHONPATH", "")]))
+    result = pytester.runpytest_subprocess(*pytest_args(pytester.path, "-n", "2", "-p", "count_loads", ATTRIBUTION,
+                                                        EQUIVALENCE, "--update-baseline", model=tiny_model), timeout=600)
     assert result.ret == 0, result.stdout.str()[-3000:]
     assert "Traceback" not in result.stdout.str()
+    loads = [line.split()[0] for log in logs.glob("*.log") for line in log.read_text().splitlines()]
+    assert loads and set(loads) <= {"gw0", "gw1"} and len(loads) == len(set(loads)), f"loads per worker: {loads}"
     evidence = load_evidence(pytester.path / EVIDENCE)
     assert {c.test for c in evidence.claims} == STATED and {c.outcome for c in evidence.claims} == {"passed"}
     assert {c.test for c in load_evidence(pytester.path / BASELINE).claims} == STATED
@@ -381,3 +409,7 @@ def test_xdist_workers_send_every_record_to_the_controller(pytester, monkeypatch
     report = (pytester.path / "reports" / "claims-partial.html").read_text()
     assert "data:image/png;base64," in report  # the workers rendered the figures
     assert f"partial run: 3 of {N_CLAIM_TESTS} claim tests" in report
+    assert report.count("<tr><td><code>test_") == 3, "the summary lacks a worker's tests"
+    assert "aria-label='Forest plot of every claim test'" in report
+    # the workers' evidence (rendered there, carried in the report's rows): one block per judged test
+    assert len(re.findall(r"Prompt sets hypothesis tried: \d+", html_lib.unescape(report))) == 3

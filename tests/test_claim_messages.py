@@ -18,7 +18,7 @@ import subprocess
 import sys
 
 import pytest
-from test_claims_falsifiable import ROOT, no_information_model, run_claims
+from test_claims_falsifiable import ROOT
 
 from fixtures.claims_messages import MAX_LINES
 
@@ -95,8 +95,8 @@ min_ratio = 1000.0
 tolerance = 0.5
 [claims.pattern-explains-late-heads]
 late_from_layer = 1
-top_k = 2
-min_fraction = 1.0
+top_k = 3
+min_fraction = 1000.0
 tolerance = 0.1
 [claims.attn-out-by-position]
 layers = [{ layer = 1, sign = "not_positive" }, { layer = 2, sign = "positive" }]
@@ -166,17 +166,14 @@ def screen_lines(message: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def failing_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("messages")
-    (tmp / "spec.toml").write_text(SPEC)
-    blind = no_information_model(str(ROOT / "fixtures" / "models" / "qwen2-mult-2d"), tmp / "no-information")
-    result, _ = run_claims(tmp, str(ROOT / "claims"), "--claims-spec", str(tmp / "spec.toml"), "--model",
-                           "qwen2-mult-2d", "--model", str(blind), "-p", "no:html")
-    return tmp, result
+def failing_run(failing_claims_run):
+    """``(folder, result, evidence)``: claims/ under :data:`SPEC` on the default model and its blind copy
+    (tests/conftest.py, shared with tests/test_claims_head_bands.py)."""
+    return failing_claims_run
 
 
 def test_every_claim_file_has_a_failing_test_here(failing_run):
-    _, result = failing_run
+    _, result, _ = failing_run
     failed = {line.split("::")[0].removeprefix("FAILED claims/")
               for line in result.stdout.splitlines() if line.startswith("FAILED claims/")}
     files = {path.name for path in (ROOT / "claims").glob("test_*.py")}
@@ -184,7 +181,7 @@ def test_every_claim_file_has_a_failing_test_here(failing_run):
 
 
 def test_every_failing_claims_message_is_short_and_says_what_a_person_needs(failing_run):
-    _, result = failing_run
+    _, result, _ = failing_run
     messages = failure_messages(result.stdout)
     assert len(messages) >= 40, result.stdout[-3000:]
     for test, message in messages.items():
@@ -200,7 +197,7 @@ def test_every_failing_claims_message_is_short_and_says_what_a_person_needs(fail
 
 
 def test_the_rerun_command_fails_the_same_way(failing_run):
-    tmp, result = failing_run
+    tmp, result, _ = failing_run
     message = failure_messages(result.stdout)["test_clean_exceeds_corrupted_logit_difference[no-information]"]
     command = shlex.split(re.search(r"^Rerun: (.*)$", message, re.M)[1])
     assert command[0] == "pytest" and "--model" in command, command

@@ -199,47 +199,16 @@ def test_a_band_candidate_that_cannot_be_measured_is_passed_over():
 # --- falsifiability ----------------------------------------------------------------------------------------
 
 UNREACHABLE = 1000.0
-"""A threshold none of the three statistics reaches (ratios of head sizes of the same order, and a share of
-the output effect that is at most about 1)."""
-
-SPEC = f"""
-[model]
-match = ["{DEFAULT_MODELS[0]}"]
-[statistics]
-level = 0.95
-n_resamples = 200
-[prompts]
-min_size = 8
-max_size = 8
-min_digits = 2
-max_digits = 2
-corruptions = ["same_length"]
-metric = "first_differing_token"
-[claims.late-value-heads]
-late_from_layer = 2
-min_ratio = {UNREACHABLE}
-tolerance = 0.5
-[claims.pattern-bands]
-early_until_layer = 1
-late_from_layer = 2
-min_ratio = {UNREACHABLE}
-tolerance = 0.5
-[claims.pattern-explains-late-heads]
-late_from_layer = 1
-top_k = 3
-min_fraction = {UNREACHABLE}
-tolerance = 0.1
-"""
+"""The threshold tests/test_claim_messages.py's ``SPEC`` states for the three band claims (late value heads from
+layer 2; bands 0 / 1 / 2+; the top 3 heads of layers 1+), which none of their statistics reaches (ratios of head
+sizes of the same order, and a share of the output effect that is at most about 1)."""
 
 
 @pytest.fixture(scope="module")
-def unreachable_run(tmp_path_factory):
-    from test_claims_falsifiable import run_claims
-
-    tmp = tmp_path_factory.mktemp("head-bands")
-    (tmp / "spec.toml").write_text(SPEC)
-    return run_claims(tmp, str(CLAIMS), "--claims-spec", str(tmp / "spec.toml"), "--model", DEFAULT_MODELS[0],
-                      "-p", "no:html")
+def unreachable_run(failing_claims_run):
+    """``(result, evidence)`` of claims/ under that spec on the default model (tests/conftest.py)."""
+    _, result, evidence = failing_claims_run
+    return result, evidence
 
 
 @pytest.mark.parametrize(("test", "statistic"), [
