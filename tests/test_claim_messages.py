@@ -18,6 +18,8 @@ import subprocess
 import sys
 
 import pytest
+import test_claims_sizes as sizes
+import test_claims_source_readings as readings
 from test_claims_falsifiable import ROOT
 
 from fixtures.claims_messages import MAX_LINES
@@ -112,44 +114,11 @@ min_exact_match = 1.0
 leading_tokens = 2
 stop = true
 tolerance = 0.1
-[claims.small-clean-margin]
-max_logit_diff = 1.0
-tolerance = 1
-[claims.head-effect-size]
-tolerance = 1
-heads = [{ head = "L0H0", by = "z_patching", min_effect = 60.0, max_effect = 100.0 }]
-[claims.head-sparsity]
-top_k = 1
-min_share = 0.9
-by = ["attribution"]
-tolerance = 0.1
-[claims.pinned-prompt]
-tolerance = 0.05
-atol = {float32 = 1e-4, bfloat16 = 0.01, float16 = 0.001}
-observations = [{ prompt = "68 x 44 =", answer = " 2992", answer_token = 1, max_probability = 0.5, min_rank = 2 }]
-[claims.sign-head-attention]
-top_k = 3
-min_self_attention = 0.5
-min_bos_attention = 0.5
-tolerance = 0.1
-[claims.final-token-attention]
-heads = ["L0H0", "L0H1"]
-min_final_attention = 0.5
-tolerance = 0.1
-[claims.early-direct-effects]
-early_until_layer = 1
-min_direct_share = 0.5
-tolerance = 0.1
-[claims.final-position-head-output]
-heads = ["L0H1", "L0H0"]
-min_fraction = 1.5
-tolerance = 0.1
-[claims.late-value-positions]
-late_from_layer = 1
-min_ratio = 1.0
-tolerance = 0.5
 """
-"""Thresholds the default model cannot meet (or, on 16 prompts with one look, cannot be shown to meet)."""
+SPEC += sizes.FALSE.removeprefix(sizes.HEADER) + readings.FALSE.removeprefix(readings.HEADER)
+"""Thresholds the default model cannot meet (or, on 16 prompts with one look, cannot be shown to meet); the nine
+claim files of tests/test_claims_sizes.py and tests/test_claims_source_readings.py under those modules' false
+specs."""
 
 
 def failure_messages(stdout: str) -> dict[str, str]:

@@ -16,8 +16,6 @@ their spec checks, and falsifiability.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,24 +24,14 @@ import torch
 from circuit.lab import Lab
 from circuit.spec import SpecError, load_spec
 from fixtures.claims_session import DEFAULT_MODELS
+from claim_helpers import claims_module, constant, point
 
 ROOT = Path(__file__).resolve().parent.parent
 CLAIMS = ROOT / "claims" / "test_head_band_claims.py"
 TEST_SPEC = ROOT / "claims" / "specs" / "test-models.toml"
 
 
-def _claims_module():
-    """The claim file, imported under the name ``circuit.spec.import_claims`` gives it."""
-    name = f"_circuit_claims_.{CLAIMS.stem}"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, CLAIMS)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-bands = _claims_module()
+bands = claims_module(CLAIMS)
 
 
 class GivenEffects(Lab):
@@ -58,16 +46,6 @@ class GivenEffects(Lab):
 
     def effects(self, result):
         return self.given[result]
-
-
-def constant(means, n_prompts=8):
-    """Effects equal to ``means`` on every prompt: every resample's mean is ``means``, the interval a point."""
-    return torch.tensor(means, dtype=torch.float64)[..., None].expand(*torch.tensor(means).shape, n_prompts)
-
-
-def point(interval):
-    assert float(interval.low) == pytest.approx(float(interval.high)), interval
-    return float(interval.estimate)
 
 
 # --- the statistics on hand-made effects -----------------------------------------------------------------

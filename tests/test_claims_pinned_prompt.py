@@ -6,8 +6,6 @@ tolerance must cover. (Its falsifiability, a false and a true spec on the traine
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,23 +13,14 @@ import torch
 
 from circuit.spec import SpecError, load_spec
 from fixtures.claims_session import DEFAULT_MODELS
+from claim_helpers import claims_module
 
 ROOT = Path(__file__).resolve().parent.parent
 CLAIMS = ROOT / "claims" / "test_pinned_prompt.py"
 TEST_SPEC = ROOT / "claims" / "specs" / "test-models.toml"
 
 
-def _claims_module():
-    name = f"_circuit_claims_.{CLAIMS.stem}"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, CLAIMS)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-pinned = _claims_module()
+pinned = claims_module(CLAIMS)
 Observation = pinned.Observation
 
 

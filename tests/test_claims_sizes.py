@@ -13,8 +13,6 @@ falsifiability of pinned-prompt, whose unit tests are ``tests/test_claims_pinned
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ import torch
 from circuit.lab import Lab
 from circuit.spec import SpecError, load_spec
 from fixtures.claims_session import DEFAULT_MODELS
+from claim_helpers import claims_module, constant, point
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SPEC = ROOT / "claims" / "specs" / "test-models.toml"
@@ -30,18 +29,7 @@ FILES = {name: ROOT / "claims" / f"test_{name}.py" for name in ("small_clean_mar
                                                                 "head_sparsity", "pinned_prompt")}
 
 
-def _claims_module(path: Path):
-    """A claim file, imported under the name ``circuit.spec.import_claims`` gives it."""
-    name = f"_circuit_claims_.{path.stem}"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-margin, size, sparsity = (_claims_module(FILES[name]) for name in ("small_clean_margin", "head_effect_size",
+margin, size, sparsity = (claims_module(FILES[name]) for name in ("small_clean_margin", "head_effect_size",
                                                                     "head_sparsity"))
 
 
@@ -68,16 +56,6 @@ class Given(Lab):
 
     def effects(self, result):
         return self.given[result]
-
-
-def constant(means, n_prompts=8):
-    """Values equal to ``means`` on every prompt: every resample's statistic is the same, the interval a point."""
-    return torch.tensor(means, dtype=torch.float64)[..., None].expand(*torch.tensor(means).shape, n_prompts)
-
-
-def point(interval):
-    assert float(interval.low) == pytest.approx(float(interval.high)), interval
-    return float(interval.estimate)
 
 
 # --- small-clean-margin ------------------------------------------------------------------------------------

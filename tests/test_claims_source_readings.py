@@ -18,8 +18,6 @@ the same statistic telling a true statement from a false one.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,6 +29,7 @@ from circuit.decision import Inconclusive
 from circuit.lab import Lab
 from circuit.spec import SpecError, load_spec
 from fixtures.claims_session import DEFAULT_MODELS
+from claim_helpers import claims_module, constant, point
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SPEC = ROOT / "claims" / "specs" / "test-models.toml"
@@ -38,30 +37,7 @@ FILES = ("sign_head_attention", "final_token_attention", "early_direct_effects",
          "late_value_positions")
 
 
-def _claim_module(stem):
-    """A claim file, imported under the name ``circuit.spec.import_claims`` gives it."""
-    path = ROOT / "claims" / f"test_{stem}.py"
-    name = f"_circuit_claims_.{path.stem}"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-sign, final_attn, direct, final_out, positions = (_claim_module(stem) for stem in FILES)
-
-
-def constant(values, n_prompts=8):
-    """``values`` on every prompt (a last axis of ``n_prompts``): every resample's mean is the value itself."""
-    values = torch.as_tensor(values, dtype=torch.float64)
-    return values[..., None].expand(*values.shape, n_prompts).clone()
-
-
-def point(interval):
-    assert float(interval.low) == pytest.approx(float(interval.high)), interval
-    return float(interval.estimate)
+sign, final_attn, direct, final_out, positions = (claims_module(ROOT / "claims" / f"test_{stem}.py") for stem in FILES)
 
 
 @dataclass

@@ -7,27 +7,15 @@ number of top heads and the bands where the top heads attend as the source says,
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from types import SimpleNamespace
 
 from test_claims_head_bands import ROOT, GivenEffects, _draft_context, constant
+from claim_helpers import claims_module
 
 CLAIMS = ROOT / "claims" / "test_top_head_attention.py"
 
 
-def _claims_module():
-    """The claim file, imported under the name ``circuit.spec.import_claims`` gives it (registers its drafter)."""
-    name = f"_circuit_claims_.{CLAIMS.stem}"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, CLAIMS)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-attention = _claims_module()
+attention = claims_module(CLAIMS)
 
 
 class GivenAttention(GivenEffects):
