@@ -26,7 +26,7 @@ from circuit.attribution import layer_attribution as layer_attribution
 from circuit.attribution import logit_lens as logit_lens
 from circuit.attribution import residual_directions as residual_directions
 from circuit.bands import EmptyBandError as EmptyBandError
-from circuit.bands import draft_bands as draft_bands
+from circuit.bands import draft_early_band as draft_early_band
 from circuit.equivalence import Equivalence as Equivalence
 from circuit.equivalence import compare_models as compare_models
 from circuit.evaluation import ExactMatchResult as ExactMatchResult

@@ -5,9 +5,9 @@ The source speaks of "early heads" (layers 0-3 of Qwen2.5-0.5B's 24), "middle he
 (``early_until_layer``: the early band is the layers before it; ``late_from_layer``: the late band is that
 layer and after; the middle band lies between). This module holds what every band claim shares:
 
-- :func:`draft_bands`, the one rule discovery drafts bands with, for a model of any depth: the late band
-  starts where final-token localization found it, else two thirds up (the source's 16 of 24); the early
-  band is the first sixth of the layers (the source's 4 of 24), at least one layer, below the late band;
+- :func:`draft_early_band`, where discovery ends a fixed early band for a model of any depth (the claims that
+  choose their bands on the draft sets take their candidates from ``circuit.drafts.DraftContext`` instead):
+  the first sixth of the layers (the source's 4 of 24), at least one layer, below the late band;
 - :func:`empty_bands` / :func:`require_bands`: a band that holds no layer of the model is refused with
   the reason (a 3-layer model with late layers from 1 has no middle band);
 - :func:`refute_empty_bands`: a claim test's verdict (the ``verdict`` fixture) refuted, with the reason,
@@ -18,10 +18,9 @@ layer and after; the middle band lies between). This module holds what every ban
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Bands", "EmptyBandError", "draft_bands", "empty_bands", "late_over_earlier", "refute_empty_bands",
+__all__ = ["EmptyBandError", "draft_early_band", "empty_bands", "late_over_earlier", "refute_empty_bands",
            "require_bands", "span"]
 
 
@@ -29,34 +28,13 @@ class EmptyBandError(ValueError):
     """A band of layers the statistic compares has no heads on this model."""
 
 
-@dataclass(frozen=True)
-class Bands:
-    """Drafted band bounds, and how they were chosen (for the draft's notes)."""
-
-    early_until_layer: int
-    """The early band is the layers before this one."""
-    late_from_layer: int
-    """The late band is this layer and after."""
-    where: str
-    """Where the late bound comes from, in words."""
-    n_layers: int
-
-    @property
-    def has_middle(self) -> bool:
-        """Whether early, middle and late bands each hold at least one layer."""
-        return 1 <= self.early_until_layer < self.late_from_layer < self.n_layers
-
-
-def draft_bands(n_layers: int, late_from_layer: int | None = None) -> Bands:
-    """The bands discovery drafts for an ``n_layers`` model (module docstring); ``late_from_layer`` is
-    final-token localization's late layer when that claim is stated."""
-    if late_from_layer is not None:
-        late, where = late_from_layer, "late layers from final-token-localization"
-    else:
-        late = round(n_layers * 2 / 3)
-        where = "late layers two thirds up, as the source's 16 of 24 (final-token-localization not stated)"
-    early = max(1, min(late - 1, round(n_layers / 6)))  # the source's early heads: layers 0..3 of 24
-    return Bands(early, late, where, n_layers)
+def draft_early_band(n_layers: int, late_from_layer: int | None = None) -> int:
+    """Where discovery ends the early band of an ``n_layers`` model (the early layers are those before it): the
+    first sixth of the layers (the source's early heads, layers 0..3 of 24), at least one layer, and below the
+    late band, which starts at ``late_from_layer`` (final-token localization's, when stated) or else two thirds
+    up (the source's 16 of 24)."""
+    late = late_from_layer if late_from_layer is not None else round(n_layers * 2 / 3)
+    return max(1, min(late - 1, round(n_layers / 6)))
 
 
 def span(layers: range) -> str:

@@ -164,12 +164,12 @@ class DraftContext:
         return [divmod(flat, self.n_heads) for flat in order]
 
     @property
-    def bands(self) -> Any:
-        """The bands of layers a band claim is drafted with (``circuit.bands.draft_bands``: late from
-        final-token localization, else two thirds up; early the first sixth)."""
-        from circuit.bands import draft_bands
+    def early_until_layer(self) -> int:
+        """Where a fixed early band ends (``circuit.bands.draft_early_band``: the first sixth of the layers,
+        below the late layers of final-token localization, else two thirds up)."""
+        from circuit.bands import draft_early_band
 
-        return draft_bands(self.n_layers, self.late_from_layer)
+        return draft_early_band(self.n_layers, self.late_from_layer)
 
     @property
     def late_from_layer(self) -> int | None:

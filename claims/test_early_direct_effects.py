@@ -115,7 +115,7 @@ MOSTLY = 0.5
 
 @drafts("early-direct-effects")
 def _draft_early_direct_effects(ctx: DraftContext):
-    early = ctx.bands.early_until_layer
+    early = ctx.early_until_layer
 
     def measure(lab, ps):
         return direct_share(lab, ps, early, "attn_out")
