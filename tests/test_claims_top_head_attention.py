@@ -29,13 +29,13 @@ class GivenAttention(GivenEffects):
         return self.summary
 
 
-def _six_layers(late_bos):
+def _six_layers(late_bos, early_entropy=0.95):
     """Six layers of two heads: the top heads by |z| are L0H0 (10), L5H1 (9) and L1H0 (1)."""
     z = [[0.1, 0.1] for _ in range(6)]
     z[0][0], z[5][1], z[1][0] = 10.0, 9.0, 1.0
     to_bos = [[0.1, 0.1] for _ in range(6)]
     entropy = [[0.3, 0.3] for _ in range(6)]
-    to_bos[5][1], entropy[0][0] = late_bos, 0.95
+    to_bos[5][1], entropy[0][0] = late_bos, early_entropy
     return GivenAttention(constant(to_bos), constant(entropy), z=constant(z))
 
 
@@ -48,6 +48,17 @@ def test_the_drafter_chooses_top_heads_and_bands_where_they_attend_as_the_source
     # early band of two layers. Ties go to the first candidate: late layers from 3, early band layer 0.
     assert (drafted.top_k, drafted.late_from_layer, drafted.early_until_layer) == (2, 3, 1), note
     assert (drafted.min_bos_attention, drafted.min_normalized_entropy) == (0.9, 0.95), note
+
+
+def test_the_drafter_leaves_exactly_uniform_heads_the_rounding_of_half_precision():
+    """Exactly uniform in float32 (normalized entropy 1) reads 0.9999 in float16: a threshold of 1 would be
+    refuted there, so the drafter states MAX_STATED_ENTROPY and says so."""
+    from circuit.discover import DRAFTERS
+
+    ctx = _draft_context(_six_layers(0.9, early_entropy=1.0), 6, 2)
+    drafted, note = DRAFTERS["top-head-attention"](ctx)
+    assert drafted.min_normalized_entropy == attention.MAX_STATED_ENTROPY == 0.99, note
+    assert str(ctx.log).count("stated at 0.99 (the rounding of half precision)") == 1, ctx.log
 
 
 def test_the_drafter_states_nothing_where_the_late_top_head_does_not_attend_to_bos():
