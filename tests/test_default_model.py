@@ -14,12 +14,14 @@ from pathlib import Path
 import pytest
 
 from fixtures.claims_session import BUNDLED_MODELS, DEFAULT_MODELS
-from fixtures.train_default_model import ARCHS, DOMAIN_MAX, domain, info_problems
+from fixtures.train_default_model import ARCHS, DOMAIN_MAX, PLANTED, domain, info_problems
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-NAMES = tuple(ARCHS.values())
-"""The bundled models, by ``--arch``: qwen2-mult-2d (the default), llama-mult-2d and neox-mult-2d."""
-MODEL_TYPES = {"qwen2-mult-2d": "qwen2", "llama-mult-2d": "llama", "neox-mult-2d": "gpt_neox"}
+NAMES = (*ARCHS.values(), PLANTED)
+"""The bundled models: by ``--arch`` qwen2-mult-2d (the default), llama-mult-2d and neox-mult-2d; and
+qwen2-planted-mult-2d (``--planted``)."""
+MODEL_TYPES = {"qwen2-mult-2d": "qwen2", "llama-mult-2d": "llama", "neox-mult-2d": "gpt_neox",
+               PLANTED: "qwen2"}
 
 
 def folder(name: str) -> Path:
@@ -72,17 +74,53 @@ def test_folder_holds_a_small_hf_model_in_safetensors(name):
 def test_the_bundled_models_are_three_architectures():
     """Qwen2 (q/k/v biases, tied embeddings) and Llama (no biases, untied embeddings), 3 layers with
     grouped-query attention; GPT-NeoX (LayerNorm, parallel attention and MLP, biases), 6 layers, so that
-    early, middle and late bands of layers exist."""
+    early, middle and late bands of layers exist; the planted model is a 6-layer Qwen2."""
     configs = {name: json.loads((folder(name) / "config.json").read_text()) for name in NAMES}
     assert {name: c["model_type"] for name, c in configs.items()} == MODEL_TYPES
     assert configs["qwen2-mult-2d"]["tie_word_embeddings"] is True
     llama = configs["llama-mult-2d"]
     assert llama["tie_word_embeddings"] is False and llama["attention_bias"] is False and llama["mlp_bias"] is False
-    for name in ("qwen2-mult-2d", "llama-mult-2d"):
+    for name in ("qwen2-mult-2d", "llama-mult-2d", PLANTED):
         assert configs[name]["num_key_value_heads"] < configs[name]["num_attention_heads"], "grouped-query expected"
     neox = configs["neox-mult-2d"]
     assert neox["use_parallel_residual"] is True and neox["attention_bias"] is True
     assert neox["tie_word_embeddings"] is False and neox["num_hidden_layers"] >= 6
+    assert configs[PLANTED]["num_hidden_layers"] >= 6
+
+
+def test_the_planted_model_holds_what_its_recipe_plants():
+    """What ``--planted`` makes true, through the bridge on a sample of every operand length: the first
+    ``uniform_layers`` layers attend uniformly (their query weights are zero), the next ``silent_layers`` write
+    no attention output, and every later layer's heads rest on BOS at the prompt's positions before " ="
+    (mean weight above 0.9)."""
+    from itertools import groupby
+
+    import torch
+
+    from circuit.models import load_model
+    from circuit.prompts import tokenize_prompts
+
+    config = summary_of(PLANTED)["config"]
+    uniform, later = config["uniform_layers"], config["uniform_layers"] + config["silent_layers"]
+    loaded = load_model(folder(PLANTED), device="cpu")
+    prompts = sorted((f"{a} x {b} =" for a, b in domain()[::37]), key=len)  # 271 problems
+    on_bos = []
+    for _, group in groupby(prompts, key=len):
+        tokens = tokenize_prompts(loaded.tokenizer, list(group)).tokens
+        with torch.no_grad():
+            _, cache = loaded.bridge.run_with_cache(
+                tokens, names_filter=lambda n: n.endswith(("hook_pattern", "hook_attn_out")))
+        for layer in range(loaded.bridge.cfg.n_layers):
+            pattern = cache[f"blocks.{layer}.attn.hook_pattern"]  # [batch, head, query, key]
+            if uniform <= layer < later:
+                assert cache[f"blocks.{layer}.hook_attn_out"].abs().max() == 0, f"layer {layer} writes attention"
+            elif layer < uniform:
+                visible = torch.tril(torch.ones(pattern.shape[-2:]))
+                gap = (pattern - visible / visible.sum(-1, keepdim=True)).abs().max().item()
+                assert gap < 1e-5, f"layer {layer} is not uniform: off by up to {gap:.2e}"
+            else:
+                on_bos.append(pattern[:, :, 1:-1, 0].mean().item())  # queries after BOS, before " ="
+    assert min(on_bos) > 0.9, f"mean attention on BOS before ' =' in layers {later}+: {on_bos}"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -147,7 +185,7 @@ def test_readme_table_of_bundled_models_is_measured(loaded):
     assert cells[2] == f"{summary['n_parameters']:,}" and cells[3] == f"{size:.1f} MiB", cells
     assert cells[4] == f"{summary['domain_correct']:,} / {summary['domain_problems']:,}", cells
     assert cells[5] == f"{summary['info_3x3_correct']} / {summary['info_3x3_problems']}", cells
-    assert re.fullmatch(rf"{summary['wall_time_s'] / 60:.1f} min \(\d thread\)", cells[6]), cells
+    assert re.fullmatch(rf"{summary['wall_time_s'] / 60:.1f} min \(\d threads?\)", cells[6]), cells
 
 
 def test_bridge_matches_hf_copy(loaded):
