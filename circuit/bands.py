@@ -80,3 +80,26 @@ def late_over_earlier(lab: Any, effects: Any, late_from_layer: int):
         return size[..., split:].mean(-1) / size[..., :split].mean(-1)
 
     return lab.ci(effects.flatten(0, 1), ratio)
+
+
+def draft_late_over_earlier(ctx: Any, ratio: Any, cells: str, statistic: Any, claim: Any):
+    """A drafter's answer ``(claim or None, note)`` for "the late layers' cells matter most": the late band chosen on
+    the draft sets among ``ctx.late_layers()`` (a ``circuit.drafts.DraftContext``) by ``ratio(lab, ps, late)``
+    (an interval of :func:`late_over_earlier`), ``min_ratio`` stated from the held-out sets and only above 1.
+    ``cells`` names what is compared ("heads", "layers"), ``statistic(late)`` the ratio in a note, and
+    ``claim(tolerance=, late_from_layer=, min_ratio=)`` builds the claim's parameters."""
+    candidates = ctx.late_layers()
+    if not candidates:
+        return None, f"not stated: no layer of {ctx.n_layers} leaves earlier {cells} to compare late {cells} with"
+    late, where = ctx.choose("late layers", candidates, lambda late: lambda lab, ps: ratio(lab, ps, late), 1.0)
+    if late is None:
+        return None, where
+
+    def measure(lab, ps):
+        return ratio(lab, ps, late)
+
+    rule = ctx.rule(">=", measure, "min_ratio")
+    if rule.threshold <= 1.0:
+        return None, (f"not stated: {statistic(late)}: {ctx.log[ctx.claim_id]['min_ratio']}: no threshold above 1 "
+                      f"({where})")
+    return claim(tolerance=ctx.tolerance(measure), late_from_layer=late, min_ratio=rule.threshold), where

@@ -25,7 +25,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from circuit.bands import EmptyBandError, late_over_earlier, refute_empty_bands, require_bands
+from circuit.bands import (EmptyBandError, draft_late_over_earlier, late_over_earlier, refute_empty_bands,
+                          require_bands)
 from circuit.decision import Rule
 from circuit.discover import DraftContext, drafts
 from circuit.report import heatmap, scatter_figure
@@ -258,22 +259,9 @@ def test_pattern_patching_reproduces_late_heads_output_patching(model, claim, ve
 
 @drafts("late-value-heads")
 def _draft_late_value_heads(ctx: DraftContext):
-    candidates = ctx.late_layers()
-    if not candidates:
-        return None, f"not stated: no layer of {ctx.n_layers} leaves earlier heads to compare late heads with"
-    late, where = ctx.choose("late layers", candidates,
-                          lambda late: lambda lab, ps: late_value_ratio(lab, ps, late), 1.0)
-    if late is None:
-        return None, where
-
-    def measure(lab, ps):
-        return late_value_ratio(lab, ps, late)
-
-    rule = ctx.rule(">=", measure, "min_ratio")
-    if rule.threshold <= 1.0:
-        return None, (f"not stated: mean |v effect| of heads in layers {late}+ / of earlier heads: "
-                      f"{ctx.log[ctx.claim_id]['min_ratio']}: no threshold above 1 ({where})")
-    return LateValueHeads(tolerance=ctx.tolerance(measure), late_from_layer=late, min_ratio=rule.threshold), where
+    return draft_late_over_earlier(ctx, late_value_ratio, "heads",
+                                   lambda late: f"mean |v effect| of heads in layers {late}+ / of earlier heads",
+                                   LateValueHeads)
 
 
 @drafts("pattern-bands")

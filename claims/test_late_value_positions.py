@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from circuit.bands import late_over_earlier, refute_empty_bands
+from circuit.bands import draft_late_over_earlier, late_over_earlier, refute_empty_bands
 from circuit.decision import Rule
 from circuit.discover import DraftContext, drafts
 from circuit.report import heatmap
@@ -83,19 +83,8 @@ def test_late_layers_matter_most_by_the_source_s_value_patching(model, claim, ve
 
 @drafts("late-value-positions")
 def _draft_late_value_positions(ctx: DraftContext):
-    candidates = ctx.late_layers()  # the late bands late-value-heads chooses among: either reading, same cells
-    if not candidates:
-        return None, f"not stated: no layer of {ctx.n_layers} leaves earlier layers to compare late layers with"
-    late, where = ctx.choose("late layers", candidates,
-                             lambda late: lambda lab, ps: late_value_position_ratio(lab, ps, late), 1.0)
-    if late is None:
-        return None, where
-
-    def measure(lab, ps):
-        return late_value_position_ratio(lab, ps, late)
-
-    rule = ctx.rule(">=", measure, "min_ratio")
-    if rule.threshold <= 1.0:
-        return None, (f"not stated: mean |v_pos effect| (positions 0..n_heads-1) of layers {late}+ / of earlier "
-                      f"layers: {ctx.log[ctx.claim_id]['min_ratio']}: no threshold above 1 ({where})")
-    return LateValuePositions(tolerance=ctx.tolerance(measure), late_from_layer=late, min_ratio=rule.threshold), where
+    # The late bands late-value-heads chooses among: either reading, same cells.
+    return draft_late_over_earlier(
+        ctx, late_value_position_ratio, "layers",
+        lambda late: f"mean |v_pos effect| (positions 0..n_heads-1) of layers {late}+ / of earlier layers",
+        LateValuePositions)
