@@ -2,9 +2,10 @@
 
 The planted models are trained so that sentences of the source hold by construction (their cards):
 ``qwen2-planted-mult-2d`` (``fixtures/train_default_model.py --planted``: uniform early attention, later heads
-resting on BOS, a small margin) and ``qwen2-readout-mult-2d`` (``--planted qwen2-readout-mult-2d``: a first
+resting on BOS, a small margin), ``qwen2-readout-mult-2d`` (``--planted qwen2-readout-mult-2d``: a first
 layer that writes only to the logits, last-layer heads that attend to themselves and are the readout, every
-other head resting on BOS). Their specs were drafted by discovery like the others'. Each claim a planted model
+other head resting on BOS) and ``qwen2-direct-mult-2d`` (the same, plus a loss that makes the first layer's
+direct effect large). Their specs were drafted by discovery like the others'. Each claim a planted model
 states and no model of the plain recipe states is run here as a user runs it (one pytest subprocess per
 planted model), under the planted model's spec, on the planted model and on ``neox-mult-2d`` (6 layers and 4
 heads too, trained by the plain recipe): a claim test that passed on both would tell nothing about the model,

@@ -138,12 +138,13 @@ def test_the_planted_model_holds_what_its_recipe_plants():
 
 @pytest.mark.parametrize("name", [READOUT, DIRECT])
 def test_the_readout_models_hold_what_their_recipe_plants(name):
-    """What ``--planted qwen2-readout-mult-2d`` (and ``qwen2-direct-mult-2d``, the same plus a loss) makes true. In its weights: every writer of the residual stream
-    writes only its own dimensions (layer 0's attention the direct ones, the last layer's attention the readout
-    ones, everything else the main ones), no layer reads the direct or readout dimensions, and the final norm
-    reads the main ones at ``main_readout``. Through the bridge, on a sample of every operand length: the last
-    layer's heads attend to their own position (mean weight above 0.9 at the queries after BOS, answer included),
-    every other head rests on BOS at the prompt's positions before " =" (above 0.9)."""
+    """What ``--planted qwen2-readout-mult-2d`` (and ``qwen2-direct-mult-2d``, the same plus a loss) makes true.
+    In its weights: every writer of the residual stream writes only its own dimensions (layer 0's attention the
+    direct ones, the last layer's attention the readout ones, everything else the main ones), no layer reads the
+    direct or readout dimensions, and the final norm reads the main ones at ``main_readout``. Through the bridge,
+    on a sample of every operand length: the last layer's heads attend to their own position (mean weight above 0.9
+    at the queries after BOS, answer included), every other head rests on BOS at the prompt's positions before
+    " =" (above 0.9)."""
     import torch
     from safetensors.torch import load_file
 
