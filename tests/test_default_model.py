@@ -15,7 +15,7 @@ import pytest
 
 from fixtures.claims_session import BUNDLED_MODELS, DEFAULT_MODELS
 from fixtures.train_default_model import (ARCHS, DIRECT, DOMAIN_MAX, PLANTED, READOUT, domain, info_problems,
-                                          residual_masks)
+                                          residual_masks, residual_split)
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 NAMES = (*ARCHS.values(), PLANTED, READOUT, DIRECT)
@@ -94,19 +94,20 @@ def test_the_bundled_models_are_three_architectures():
 
 
 def _patterns_by_length(loaded, prompts):
-    """``(length, cache of every layer's hook_pattern)`` for ``prompts`` (texts), one batch per token length."""
+    """The caches of every layer's hook_pattern and hook_attn_out for ``prompts`` (texts), one batch per token
+    length."""
     from itertools import groupby
 
     import torch
 
     from circuit.prompts import tokenize_prompts
 
-    for length, group in groupby(sorted(prompts, key=len), key=len):
+    for _, group in groupby(sorted(prompts, key=len), key=len):
         tokens = tokenize_prompts(loaded.tokenizer, list(group)).tokens
         with torch.no_grad():
             _, cache = loaded.bridge.run_with_cache(
                 tokens, names_filter=lambda n: n.endswith(("hook_pattern", "hook_attn_out")))
-        yield length, cache
+        yield cache
 
 
 def test_the_planted_model_holds_what_its_recipe_plants():
@@ -122,7 +123,7 @@ def test_the_planted_model_holds_what_its_recipe_plants():
     uniform, later = config["uniform_layers"], config["uniform_layers"] + config["silent_layers"]
     loaded = load_model(folder(PLANTED), device="cpu")
     on_bos = []
-    for _, cache in _patterns_by_length(loaded, [f"{a} x {b} =" for a, b in domain()[::37]]):  # 271 problems
+    for cache in _patterns_by_length(loaded, [f"{a} x {b} =" for a, b in domain()[::37]]):  # 271 problems
         for layer in range(loaded.bridge.cfg.n_layers):
             pattern = cache[f"blocks.{layer}.attn.hook_pattern"]  # [batch, head, query, key]
             if uniform <= layer < later:
@@ -153,17 +154,17 @@ def test_the_readout_models_hold_what_their_recipe_plants(name):
 
     config = TrainConfig(**summary_of(name)["config"])
     weights = load_file(folder(name) / "model.safetensors")
-    masks, main = residual_masks(config)
-    for weight, mask in masks.items():
+    main, _, _ = residual_split(config)
+    for weight, mask in residual_masks(config).items():
         outside = weights[weight][mask.expand_as(weights[weight]) == 0]
         assert outside.numel() and outside.abs().max() == 0, f"{weight} is nonzero where the recipe plants zero"
     assert torch.all(weights["model.norm.weight"][main.bool()] == config.main_readout)
     loaded = load_model(folder(name), device="cpu")
     last = config.n_layers - 1
     on_self, on_bos = [], []
-    for _, cache in _patterns_by_length(loaded, [f"{a} x {b} = {a * b}" for a, b in domain()[::37]]):
+    for cache in _patterns_by_length(loaded, [f"{a} x {b} = {a * b}" for a, b in domain()[::37]]):
         on_self.append(cache[f"blocks.{last}.attn.hook_pattern"].diagonal(dim1=-2, dim2=-1)[..., 1:].mean().item())
-    for _, cache in _patterns_by_length(loaded, [f"{a} x {b} =" for a, b in domain()[::37]]):
+    for cache in _patterns_by_length(loaded, [f"{a} x {b} =" for a, b in domain()[::37]]):
         on_bos += [cache[f"blocks.{layer}.attn.hook_pattern"][:, :, 1:-1, 0].mean().item() for layer in range(last)]
     assert min(on_self) > 0.9, f"mean attention of layer {last}'s heads on their own position: {on_self}"
     assert min(on_bos) > 0.9, f"mean attention on BOS before ' =' in layers 0..{last - 1}: {on_bos}"
